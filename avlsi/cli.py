@@ -1,0 +1,90 @@
+"""The command line: Hydra composes the config, one job runs, mistakes end in one line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from avlsi.config import PROJECT_ROOT, register
+from avlsi.errors import UserError
+
+log = logging.getLogger("avlsi")
+GROUPS = ("model", "dataset", "criterion", "stage")
+HINT = " (python run.py --help lists the options; --cfg job shows every key)"
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
+def hydra_entry(cfg: DictConfig) -> dict[str, float]:
+    """Run the composed job (Hydra calls this once per job of a sweep)."""
+    from avlsi.pipeline import run_job  # TensorFlow loads only when a job really runs
+
+    hydra_cfg = HydraConfig.get()
+    choices = {group: str(hydra_cfg.runtime.choices.get(group)) for group in GROUPS}
+    try:
+        return run_job(cfg, Path(hydra_cfg.runtime.output_dir), choices)
+    except UserError as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            overrides = " ".join(hydra_cfg.overrides.task)
+            print(f"avlsi: job {hydra_cfg.job.num} ({overrides}) failed: {err}", file=sys.stderr)
+        raise
+
+
+def describe(err: BaseException) -> str:
+    """One line for a mistake made on the command line or in a config file."""
+    if isinstance(err, UserError):
+        return str(err)
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        return f"unknown {group} '{name}'; choose one of: {', '.join(sorted(err.options))}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        lines.append(str(cause).splitlines()[0])
+    for line in str(err).splitlines():  # OmegaConf puts the offending key on its own line
+        if line.strip().startswith("full_key:"):
+            lines.append(line.strip())
+    first = lines[0] if lines else type(err).__name__
+    extra = [ln for ln in lines[1:] if ln.startswith("full_key") or ln in lines[-1:]]
+    return "; ".join(dict.fromkeys([first, *extra]))
+
+
+def is_user_mistake(err: BaseException) -> bool:
+    from hydra.errors import HydraException
+
+    return isinstance(err, UserError | HydraException | OmegaConfBaseException)
+
+
+def main() -> None:
+    """Entry point: Hydra's CLI, with every user mistake reported as one line."""
+    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
+    try:
+        hydra_entry()
+    except KeyboardInterrupt:
+        print("avlsi: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        if show_traceback:
+            raise
+        if is_user_mistake(err):
+            hint = "" if isinstance(err, UserError) else HINT
+            print(f"avlsi: error: {describe(err)}{hint}", file=sys.stderr)
+            sys.exit(2)
+        print(
+            f"avlsi: failed: {type(err).__name__}: {describe(err)} "
+            "(set HYDRA_FULL_ERROR=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(1)

@@ -1,0 +1,153 @@
+"""Config schema: dataclasses registered in Hydra's ConfigStore.
+
+Every YAML option of a group names its schema in its defaults list, so a wrong type or an
+unknown key fails when Hydra composes the config, before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+# Which units compete when scores are ranked: `layer` (one named layer, criterion.layer),
+# `layerwise` (every prunable layer loses psize of its units), `global` (all prunable units
+# ranked together after per-layer RMS scaling). Functional form: `global` is a keyword.
+Scope = Enum("Scope", {"layer": "layer", "layerwise": "layerwise", "global": "global"}, type=str)
+
+
+class Step(str, Enum):
+    train = "train"
+    prune = "prune"
+    finetune = "finetune"
+
+
+@dataclass
+class ModelConfig:
+    """A stack of Conv2D blocks, then Dense layers, then the output layer."""
+
+    _target_: str = "avlsi.models.stack.build"
+    name: str = MISSING
+    conv_filters: list[int] = field(default_factory=list)
+    dense_units: list[int] = field(default_factory=list)
+    kernel_size: int = 3
+    pool_every: int = 2  # a 2x2 max-pool after every `pool_every` conv layers (0: never)
+    batch_norm: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class DatasetConfig:
+    _target_: str = MISSING  # a loader: (cfg, seed) -> avlsi.data.Dataset
+    name: str = MISSING
+    path: str | None = None
+    limit: int | None = None  # at most this many training examples
+    test_limit: int | None = None  # at most this many test examples (default: all)
+
+
+@dataclass
+class MnistConfig(DatasetConfig):
+    _target_: str = "avlsi.data.mnist.load"
+    name: str = "mnist"
+
+
+@dataclass
+class Fer2013Config(DatasetConfig):
+    _target_: str = "avlsi.data.fer2013.load"
+    name: str = "fer2013"
+    test_fraction: float = 0.1  # held out when the CSV has no Usage column
+
+
+@dataclass
+class SyntheticConfig(DatasetConfig):
+    _target_: str = "avlsi.data.synthetic.load"
+    name: str = "synthetic"
+    shape: list[int] = field(default_factory=lambda: [28, 28, 1])
+    num_classes: int = 10
+    train_size: int = 512
+    test_size: int = 256
+    noise: float = 0.3
+
+
+@dataclass
+class CriterionConfig:
+    """A unit-scoring function plus how its scores are ranked.
+
+    `layer_types` maps each scope the criterion accepts to the layer classes it can
+    prune there; any other combination is refused before work starts.
+    """
+
+    _target_: str = MISSING  # a scorer: (model, layer, context) -> one score per unit
+    name: str = MISSING
+    scope: Scope = Scope.layerwise
+    layer: str | None = None  # the layer for scope=layer
+    structured: bool = True  # False: zero single weights instead of removing units
+    samples: int = 256  # training images shown to data-driven criteria
+    threshold: float | None = None  # magnitude only: zero |w| < threshold instead of psize
+    layer_types: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "layer": ["Conv2D", "Dense"],
+            "layerwise": ["Conv2D", "Dense"],
+            "global": ["Conv2D", "Dense"],
+        }
+    )
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING
+    steps: list[Step] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = MISSING
+    experiment: str = "avlsi"
+
+
+@dataclass
+class StoreConfig:
+    dir: str = MISSING  # trained baselines and pruned models, shared by all jobs
+    reuse: bool = True  # False: always train the baseline, never read the store
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    criterion: CriterionConfig = MISSING
+    stage: StageConfig = MISSING
+    psize: float = 0.3
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    verbose: int | None = None  # Keras verbosity; default: progress bar on a terminal
+
+
+def register() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+    if not OmegaConf.has_resolver("avlsi_root"):
+        OmegaConf.register_new_resolver("avlsi_root", lambda: str(PROJECT_ROOT))
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="schema/model", name="stack", node=ModelConfig)
+    cs.store(group="schema/dataset", name="mnist", node=MnistConfig)
+    cs.store(group="schema/dataset", name="fer2013", node=Fer2013Config)
+    cs.store(group="schema/dataset", name="synthetic", node=SyntheticConfig)
+    cs.store(group="schema/criterion", name="criterion", node=CriterionConfig)
+    cs.store(group="schema/stage", name="stage", node=StageConfig)
