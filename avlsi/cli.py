@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
@@ -15,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 from avlsi.config import PROJECT_ROOT, register
 from avlsi.errors import UserError
 
@@ -28,6 +28,7 @@ register()
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def hydra_entry(cfg: DictConfig) -> dict[str, float]:
     """Run the composed job (Hydra calls this once per job of a sweep)."""
+    quiet_tensorflow_import()
     from avlsi.pipeline import run_job  # TensorFlow loads only when a job really runs
 
     hydra_cfg = HydraConfig.get()
@@ -35,10 +36,31 @@ def hydra_entry(cfg: DictConfig) -> dict[str, float]:
     try:
         return run_job(cfg, Path(hydra_cfg.runtime.output_dir), choices)
     except UserError as err:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            overrides = " ".join(hydra_cfg.overrides.task)
-            print(f"avlsi: job {hydra_cfg.job.num} ({overrides}) failed: {err}", file=sys.stderr)
-        raise
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            print(f"avlsi: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        overrides = " ".join(hydra_cfg.overrides.task)
+        print(f"avlsi: job {hydra_cfg.job.num} ({overrides}) failed: {err}", file=sys.stderr)
+        raise  # the sweep goes on; Hydra re-raises the first failure when it ends
+
+
+def quiet_tensorflow_import() -> None:
+    """Import TensorFlow with native stderr closed: its C++ start-up chatter is not ours.
+
+    Import errors still surface as Python exceptions once stderr is back.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("AVLSI_TF_LOGS") == "1":
+        return
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # device probing logs here, not mid-job
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
 
 
 def describe(err: BaseException) -> str:

@@ -7,7 +7,7 @@ unknown key fails when Hydra composes the config, before any work starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -22,7 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 Scope = Enum("Scope", {"layer": "layer", "layerwise": "layerwise", "global": "global"}, type=str)
 
 
-class Step(str, Enum):
+class Step(StrEnum):
     train = "train"
     prune = "prune"
     finetune = "finetune"
@@ -125,6 +125,12 @@ class StoreConfig:
 
 
 @dataclass
+class ReportConfig:
+    after_sweep: bool = False  # write the comparison report when a multirun ends
+    out: str | None = None  # default: <sweep dir>/report
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -136,6 +142,7 @@ class Config:
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     verbose: int | None = None  # Keras verbosity; default: progress bar on a terminal
 
 

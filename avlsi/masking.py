@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import math
 
-import avlsi  # noqa: F401
 import numpy as np
-import tensorflow as tf
+import tensorflow as tf  # (importing avlsi.masking ran avlsi/__init__: tf-keras is set up)
 
 
 class KeepMask:

@@ -6,7 +6,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import avlsi  # noqa: F401
 import mlflow
 import numpy as np
 import tensorflow as tf
@@ -14,6 +13,7 @@ import tf_keras
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
+import avlsi  # noqa: F401
 from avlsi import masking, record, train
 from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.data import Dataset
@@ -70,8 +70,7 @@ def check_config(cfg: DictConfig) -> None:
         section = cfg[name]
         if section.epochs < 0 or section.batch_size < 1 or section.learning_rate <= 0:
             raise UserError(
-                f"{name}.epochs must be >= 0, {name}.batch_size >= 1 and "
-                f"{name}.learning_rate > 0"
+                f"{name}.epochs must be >= 0, {name}.batch_size >= 1 and {name}.learning_rate > 0"
             )
     if cfg.criterion.samples < 1:
         raise UserError("criterion.samples must be at least 1")
@@ -94,7 +93,9 @@ def check_prerequisites(cfg: DictConfig, store: ModelStore) -> None:
     """A stage that needs an earlier stage's model says what to run first."""
     steps = steps_of(cfg)
     if steps[0] == "prune" and store.get(BASELINES, baseline_key(cfg)) is None:
-        raise UserError(f"no trained baseline for these settings; run first: {_command(cfg, 'train')}")
+        raise UserError(
+            f"no trained baseline for these settings; run first: {_command(cfg, 'train')}"
+        )
     if steps[0] == "finetune" and store.get(PRUNED, pruned_key(cfg)) is None:
         raise UserError(f"no pruned model for these settings; run first: {_command(cfg, 'prune')}")
 
@@ -128,7 +129,12 @@ class Job:
         record.log_metrics(metrics)
 
     def measure(self, model, prefix: str) -> None:
-        self.log({f"{prefix}.test_accuracy": train.evaluate(model, self.data), **size_metrics(model, prefix)})
+        self.log(
+            {
+                f"{prefix}.test_accuracy": train.evaluate(model, self.data),
+                **size_metrics(model, prefix),
+            }
+        )
 
     def baseline(self):
         """Train the baseline, or load the stored one with the same key."""
@@ -152,8 +158,13 @@ class Job:
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
             self.check_prunable(model)
             tf.keras.utils.set_random_seed(cfg.seed)
-            train.fit(model, self.data, cfg.train, verbose=cfg.verbose,
-                      callbacks=[train.EpochLogger("train", record.log_metrics)])
+            train.fit(
+                model,
+                self.data,
+                cfg.train,
+                verbose=cfg.verbose,
+                callbacks=[train.EpochLogger("train", record.log_metrics)],
+            )
             self.measure(model, "baseline")
             record.log_model_file(_save(model, self.output_dir, "baseline"))
             self.store.put(BASELINES, key, model, {"metrics": self.metrics})
@@ -182,7 +193,9 @@ class Job:
             pruned = tf.keras.models.clone_model(model)
             pruned.set_weights(model.get_weights())
             masks = masking.magnitude_masks(
-                [pruned.get_layer(lyr.name) for lyr in layers], criterion.scope, cfg.psize,
+                [pruned.get_layer(lyr.name) for lyr in layers],
+                criterion.scope,
+                cfg.psize,
                 criterion.threshold,
             )
             masking.apply_masks(pruned, masks)
@@ -209,8 +222,13 @@ class Job:
         if masked:
             masking.apply_masks(model, masking.masks_from_zeros(model, masked))
         tf.keras.utils.set_random_seed(cfg.seed)
-        train.fit(model, self.data, cfg.finetune, verbose=cfg.verbose,
-                  callbacks=[train.EpochLogger("finetune", record.log_metrics)])
+        train.fit(
+            model,
+            self.data,
+            cfg.finetune,
+            verbose=cfg.verbose,
+            callbacks=[train.EpochLogger("finetune", record.log_metrics)],
+        )
         self.measure(model, "finetuned")
         record.log_model_file(_save(model, self.output_dir, "finetuned"))
 
@@ -235,10 +253,11 @@ def run_job(cfg: DictConfig, output_dir: Path, choices: dict[str, str]) -> dict[
     check_prerequisites(cfg, store)
     train.seed_everything(cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
-    run_name = f"{cfg.model.name}-{cfg.criterion.name}-{cfg.criterion.scope.value}-p{cfg.psize}-s{cfg.seed}"
+    scope = cfg.criterion.scope.value
+    run_name = f"{cfg.model.name}-{cfg.criterion.name}-{scope}-p{cfg.psize}-s{cfg.seed}"
     tags = {"stage": cfg.stage.name, "output_dir": str(output_dir)}
     with record.mlflow_run(cfg, run_name, tags):
-        record.log_config(cfg, choices, output_dir)
+        record.log_config(cfg, {**choices, "scope": scope}, output_dir)
         try:
             return Job(cfg, output_dir).run()
         except UserError as err:

@@ -14,6 +14,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+# "Creating initial MLflow database tables..." is not news to a user.
+for _name in ("mlflow.store.db.utils", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 # Makes the MLflow 3 UI open the experiment on its runs table, not the GenAI view.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -37,7 +40,8 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
         return found.experiment_id
-    location = (db.parent / "mlartifacts").as_uri() if db is not None else None
+    # A plain absolute path: MLflow 3.17 turns a file:/// location into file://x/... for runs.
+    location = str(db.parent / "mlartifacts") if db is not None else None
     try:
         return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:  # another job created it first

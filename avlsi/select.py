@@ -36,7 +36,7 @@ def candidate_layers(model, scope: str) -> list:
 def prunable_layers(model, criterion) -> list:
     """The layers `criterion` will score, after checking its scope and layer types."""
     scope = str(getattr(criterion.scope, "value", criterion.scope))
-    accepted = criterion.layer_types
+    accepted = {s: list(types) for s, types in criterion.layer_types.items() if types}
     if scope not in accepted:
         raise UserError(
             f"criterion={criterion.name} does not take criterion.scope={scope}; "

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 
-import avlsi  # noqa: F401
 import tensorflow as tf
+
+import avlsi  # noqa: F401
 
 
 def seed_everything(seed: int) -> None:

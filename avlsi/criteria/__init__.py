@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import tensorflow as tf  # (importing avlsi.criteria ran avlsi/__init__: tf-keras is set up)
 from hydra.utils import get_method
 
 
@@ -39,3 +40,54 @@ def unit_output_layer(model, layer):
         if layer.name + suffix in names:
             return model.get_layer(layer.name + suffix)
     return layer
+
+
+# Shared helpers of the data-driven criteria (mean_activation, apoz, gradient, taylor).
+
+
+def spatial_mean(values):
+    """Mean over every axis but the first (samples) and the last (units): (N, ..., U) -> (N, U)."""
+    axes = list(range(1, len(values.shape) - 1))
+    return tf.reduce_mean(values, axis=axes) if axes else values
+
+
+def spatial_sum(values):
+    """Sum over every axis but the first (samples) and the last (units): (N, ..., U) -> (N, U)."""
+    axes = list(range(1, len(values.shape) - 1))
+    return tf.reduce_sum(values, axis=axes) if axes else values
+
+
+def sample_means(
+    model, layers, context: ScoringContext, per_sample: Callable, *, gradients: bool = False
+) -> dict[str, np.ndarray]:
+    """Mean over the samples `context.x` of `per_sample(a, g)` for every layer's units.
+
+    One forward pass (and, with `gradients`, one backward pass) per batch of
+    `context.batch_size` serves all `layers`. `a` is a batch of the unit outputs of a layer
+    (its post-activation, see `unit_output_layer`), shape (N, ..., units); `g` is the
+    gradient of each sample's own cross-entropy loss with respect to `a` (the model's
+    output is read as class probabilities, as every model here ends in softmax; the batch's
+    losses are summed, not averaged, so a sample's gradient does not depend on the batch
+    it falls in), else None. `per_sample` returns (N, units).
+    """
+    outputs = [unit_output_layer(model, layer).output for layer in layers]
+    probe = tf.keras.Model(model.inputs, [*outputs, model.outputs[0]])
+    x = np.asarray(context.x, dtype=np.float32)
+    totals = [np.zeros(int(out.shape[-1])) for out in outputs]
+    for start in range(0, len(x), context.batch_size):
+        stop = start + context.batch_size
+        acts, grads = _outputs_and_gradients(probe, x[start:stop], context.y[start:stop], gradients)
+        for total, act, grad in zip(totals, acts, grads, strict=True):
+            total += tf.reduce_sum(per_sample(act, grad), axis=0).numpy()
+    return {layer.name: total / len(x) for layer, total in zip(layers, totals, strict=True)}
+
+
+def _outputs_and_gradients(probe, x, y, gradients: bool):
+    """The probe's unit outputs for x and, if asked, d(sum of per-sample losses)/d(output)."""
+    if not gradients:
+        *acts, _ = probe(x, training=False)
+        return acts, [None] * len(acts)
+    with tf.GradientTape() as tape:
+        *acts, probs = probe(x, training=False)
+        loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(y, probs))
+    return acts, tape.gradient(loss, acts)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import avlsi  # noqa: F401
 import tensorflow as tf
 
+import avlsi  # noqa: F401
 from avlsi.models import OUTPUT_LAYER
 
 layers = tf.keras.layers

@@ -1,0 +1,70 @@
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny synthetic job: every CLI test starts from these and adds its own overrides.
+TINY = [
+    "dataset=synthetic",
+    "dataset.shape=[12,12,1]",
+    "dataset.train_size=96",
+    "dataset.test_size=48",
+    "model.conv_filters=[4,4,8,8]",
+    "model.dense_units=[8]",
+    "train.epochs=1",
+    "finetune.epochs=1",
+    "train.batch_size=32",
+    "finetune.batch_size=32",
+    "criterion.samples=16",
+]
+
+
+class Cli:
+    """Runs `python run.py ...` in a subprocess with every path under one tmp folder."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.db = tmp / "mlflow.db"
+        self.uri = f"sqlite:///{self.db}"
+        self.store = tmp / "store"
+        self.count = 0
+
+    def paths(self) -> list[str]:
+        self.count += 1
+        return [
+            f"mlflow.tracking_uri={self.uri}",
+            f"store.dir={self.store}",
+            f"hydra.run.dir={self.tmp}/run{self.count}",
+            f"hydra.sweep.dir={self.tmp}/sweep{self.count}",
+        ]
+
+    def __call__(self, *overrides: str, tiny: bool = True, env: dict | None = None):
+        args = [*(TINY if tiny else []), *overrides, *self.paths()]
+        return subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), *args],
+            cwd=self.tmp,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=600,
+        )
+
+    def runs(self, experiment: str = "avlsi"):
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        exp = client.get_experiment_by_name(experiment)
+        return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)

@@ -1,0 +1,87 @@
+"""Config composition: every option of every group composes against the schema."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from avlsi.config import register
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+GROUPS = ("model", "dataset", "criterion", "stage")
+
+register()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_resolves(group, option):
+    cfg = composed(f"{group}={option}")
+    section = OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True)
+    assert section["name"] == option
+    assert OmegaConf.is_missing(cfg, "psize") is False
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def test_groups_hold_the_documented_options():
+    assert {"cnn", "dnn", "fer_cnn"} <= set(options("model"))
+    assert {"mnist", "fer2013", "synthetic"} <= set(options("dataset"))
+    assert {"l1", "random"} <= set(options("criterion"))
+    assert set(options("stage")) == {"all", "train", "prune", "finetune"}
+
+
+def test_defaults_are_the_main_job():
+    cfg = composed()
+    assert (cfg.model.name, cfg.dataset.name, cfg.criterion.name, cfg.stage.name) == (
+        "cnn",
+        "mnist",
+        "l1",
+        "all",
+    )
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{ROOT}/mlflow.db"
+    assert Path(cfg.store.dir).is_absolute()
+
+
+def test_quick_run_knobs_exist_with_their_names():
+    cfg = composed(
+        "train.epochs=1",
+        "finetune.epochs=2",
+        "dataset.limit=100",
+        "dataset.test_limit=50",
+        "seed=3",
+        "mlflow.tracking_uri=sqlite:////tmp/x.db",
+        "mlflow.experiment=e",
+        "psize=0.5",
+        "criterion.scope=global",
+        "criterion.layer=conv3",
+    )
+    assert (cfg.train.epochs, cfg.finetune.epochs, cfg.seed, cfg.psize) == (1, 2, 3, 0.5)
+    assert (cfg.dataset.limit, cfg.dataset.test_limit) == (100, 50)
+    assert cfg.criterion.scope.value == "global"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "psize=abc",
+        "train.epochs=many",
+        "model.nope=1",
+        "criterion.scope=everywhere",
+        "dataset.limit=1.5",
+        "seed=x",
+    ],
+)
+def test_wrong_type_or_unknown_key_fails_at_compose_time(override):
+    with pytest.raises(ConfigCompositionException):
+        composed(override)

@@ -1,0 +1,168 @@
+"""The whole pipeline through the real command line, read back from a real MLflow store."""
+
+from pathlib import Path
+
+import pytest
+
+METRICS = [
+    f"{stage}.{what}"
+    for stage in ("baseline", "pruned", "finetuned")
+    for what in ("test_accuracy", "params", "nonzero_params", "macs")
+]
+
+
+def assert_one_line_error(proc, *needles: str) -> None:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("avlsi: error:"), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["dataset=fer2013"], ["dataset.path"]),
+        (["dataset=fer2013", "dataset.path=/nonexistent/train.csv"], ["/nonexistent/train.csv"]),
+        (["dataset=mnist", "dataset.path=/nonexistent/mnist.npz"], ["/nonexistent/mnist.npz"]),
+    ],
+)
+def test_missing_data_file_is_one_line(cli, overrides, needles):
+    proc = cli(*overrides, "train.epochs=1", tiny=False)
+    assert_one_line_error(proc, *needles)
+    assert not cli.store.exists() or not any(cli.store.rglob("*.keras"))
+
+
+@pytest.mark.slow
+def test_full_job_records_config_metrics_curves_and_models(cli):
+    proc = cli("criterion=l1", "psize=0.5", "train.epochs=2")
+    assert proc.returncode == 0, proc.stderr
+    (run,) = cli.runs()
+    assert run.info.status == "FINISHED"
+    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    assert set(METRICS) <= set(metrics)
+    assert metrics["pruned.params"] < metrics["baseline.params"]
+    assert metrics["finetuned.params"] == metrics["pruned.params"]
+    assert metrics["pruned.macs"] < metrics["baseline.macs"]
+    expected = {
+        "model": "cnn",
+        "dataset": "synthetic",
+        "criterion": "l1",
+        "stage": "all",
+        "scope": "layerwise",
+        "psize": "0.5",
+        "seed": "0",
+        "train.epochs": "2",
+    }
+    assert expected.items() <= params.items()
+    assert tags["baseline.source"] == "trained"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cli.uri)
+    history = client.get_metric_history(run.info.run_id, "train.loss")
+    assert [m.step for m in history] == [1, 2]
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "models")}
+    assert names == {"models/baseline.keras", "models/pruned.keras", "models/finetuned.keras"}
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    run_dir = Path(tags["output_dir"])
+    for name in ("baseline", "pruned", "finetuned"):
+        assert (run_dir / f"{name}.keras").stat().st_size > 0
+    # Artifacts sit beside the sqlite file, not wherever the job happened to run.
+    assert run.info.artifact_uri.startswith(str(cli.tmp / "mlartifacts"))
+
+
+@pytest.mark.slow
+def test_same_config_and_seed_give_the_same_numbers(cli):
+    first = cli(
+        "model=dnn", "model.dense_units=[16,16,8]", "criterion=random", "psize=0.5", "seed=3"
+    )
+    again = cli(
+        "model=dnn",
+        "model.dense_units=[16,16,8]",
+        "criterion=random",
+        "psize=0.5",
+        "seed=3",
+        "store.reuse=false",
+    )
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    runs = cli.runs()
+    assert sorted(r.data.tags["baseline.source"] for r in runs) == ["trained", "trained"]
+    a, b = (r.data.metrics for r in runs)
+    for key in ("baseline.test_accuracy", "pruned.test_accuracy", "finetuned.test_accuracy"):
+        assert a[key] == b[key]
+
+
+@pytest.mark.slow
+def test_stage_by_stage_each_finds_the_previous_model(cli):
+    early = cli("stage=prune", "seed=7")
+    assert_one_line_error(early, "no trained baseline", "stage=train")
+    early = cli("stage=finetune", "seed=7")
+    assert_one_line_error(early, "no pruned model", "stage=prune")
+    assert cli.runs() == []
+
+    for stage in ("train", "prune", "finetune"):
+        proc = cli(f"stage={stage}", "seed=7")
+        assert proc.returncode == 0, proc.stderr
+    runs = {r.data.params["stage"]: r for r in cli.runs()}
+    assert set(runs) == {"train", "prune", "finetune"}
+    own = {"train": "baseline", "prune": "pruned", "finetune": "finetuned"}
+    for stage, run in runs.items():
+        prefixes = {k.split(".")[0] for k in run.data.metrics if k in METRICS}
+        assert prefixes == {own[stage]}, (stage, run.data.metrics)
+        files = {p.stem for p in Path(run.data.tags["output_dir"]).glob("*.keras")}
+        assert files == {own[stage]}
+    assert runs["prune"].data.tags["baseline.source"] == "reused"
+    assert runs["prune"].data.tags["baseline.key"] == runs["train"].data.tags["baseline.key"]
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_job_and_a_failing_job_is_failed_not_fatal(cli):
+    proc = cli("-m", "criterion.scope=layer", "criterion.layer=conv9,conv2", "psize=0.1,0.5")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "conv9" in proc.stderr
+    runs = cli.runs()
+    status = sorted((r.data.params["criterion.layer"], r.info.status) for r in runs)
+    assert status == [("conv2", "FINISHED")] * 2 + [("conv9", "FAILED")] * 2
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert all("conv9" in r.data.tags["error"] for r in failed)
+    sources = sorted(r.data.tags.get("baseline.source", "-") for r in runs)
+    assert sources.count("trained") <= 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["model=resnet"], ["unknown model 'resnet'", "cnn, dnn, fer_cnn"]),
+        (["criterion=nope"], ["unknown criterion 'nope'", "l1"]),
+        (["psize=1.5"], ["psize=1.5", "(0, 1)"]),
+        (["psize=0"], ["psize=0"]),
+        (["psize=big"], ["psize=big"]),
+        (["stage.steps=[train,finetune]"], ["stage.steps"]),
+    ],
+)
+def test_bad_input_is_one_line_before_any_work(cli, overrides, needles):
+    proc = cli(*overrides)
+    assert_one_line_error(proc, *needles)
+    assert cli.runs() == []
+    assert not cli.store.exists() or not any(cli.store.rglob("*.keras"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["criterion.scope=layer", "criterion.layer=conv7"], ["no layer 'conv7'", "conv3"]),
+        (["criterion.scope=layer", "criterion.layer=output"], ["output layer"]),
+        (["criterion.scope=layer"], ["criterion.layer=NAME"]),
+        (["criterion.scope=layer", "criterion.layer=pool0"], ["pool0", "MaxPooling2D"]),
+    ],
+)
+def test_bad_input_found_inside_a_job_is_one_line_and_leaves_nothing(cli, overrides, needles):
+    proc = cli(*overrides)
+    assert_one_line_error(proc, *needles)
+    assert all(r.info.status == "FAILED" for r in cli.runs())
+    assert not cli.store.exists() or not any(cli.store.rglob("*.keras"))
