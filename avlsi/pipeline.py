@@ -154,9 +154,9 @@ class Job:
                 shutil.copyfile(path, self.output_dir / "baseline.keras")
                 self.log({k: v for k, v in meta["metrics"].items() if k.startswith("baseline.")})
                 return model
-            mlflow.set_tag("baseline.source", "trained")
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
-            self.check_prunable(model)
+            self.check_prunable(model)  # a bad layer name fails before any training
+            mlflow.set_tag("baseline.source", "trained")
             tf.keras.utils.set_random_seed(cfg.seed)
             train.fit(
                 model,

@@ -6,7 +6,6 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -24,9 +23,10 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a `sqlite:///...` URI, else None."""
-    if not tracking_uri.startswith("sqlite:"):
+    if not tracking_uri.startswith("sqlite:///"):
         return None
-    return Path(urlparse(tracking_uri).path)
+    # SQLAlchemy's rule: sqlite:///rel.db is relative to the cwd, sqlite:////abs.db absolute.
+    return Path(tracking_uri.removeprefix("sqlite:///")).absolute()
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:

@@ -39,6 +39,7 @@ from mlflow.tracking import MlflowClient
 
 from avlsi.config import PROJECT_ROOT
 from avlsi.errors import UserError
+from avlsi.record import sqlite_path
 
 STAGES = ("baseline", "pruned", "finetuned")
 QUANTITIES = ("test_accuracy", "params", "nonzero_params", "macs")
@@ -88,7 +89,7 @@ def default_tracking_uri() -> str:
 def local_store(tracking_uri: str) -> Path | None:
     """The file or folder a local tracking URI names (SQLAlchemy's rule for sqlite:///)."""
     if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri.removeprefix("sqlite:///"))  # relative, or /absolute
+        return sqlite_path(tracking_uri)
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "file":
         return Path(parsed.path)

@@ -47,7 +47,9 @@ class Cli:
         ]
 
     def __call__(self, *overrides: str, tiny: bool = True, env: dict | None = None):
-        args = [*(TINY if tiny else []), *overrides, *self.paths()]
+        flags = [a for a in overrides if a.startswith("-")]  # argparse wants them first
+        rest = [a for a in overrides if not a.startswith("-")]
+        args = [*flags, *(TINY if tiny else []), *rest, *self.paths()]
         return subprocess.run(
             [sys.executable, str(ROOT / "run.py"), *args],
             cwd=self.tmp,
