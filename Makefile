@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 5000
+HOST   ?= 127.0.0.1
 
 .PHONY: setup run test lint ui clean-cache clean
 
@@ -28,7 +29,7 @@ lint: setup
 
 ui: setup
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+		--artifacts-destination $(CURDIR)/mlartifacts --host $(HOST) --port $(PORT)
 
 clean-cache: setup
 	$(PY) -m avlsi.store --clear

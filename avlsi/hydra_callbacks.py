@@ -20,6 +20,7 @@ class SweepHooks(Callback):
         # for them ("database is locked", schema migration run twice).
         from avlsi.record import ensure_experiment
 
+        check_shared_tracking(config)
         ensure_experiment(config.mlflow.tracking_uri, config.mlflow.experiment)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -30,3 +31,27 @@ class SweepHooks(Callback):
         out = Path(config.report.out or Path(config.hydra.sweep.dir) / "report")
         make_report(config.mlflow.tracking_uri, config.mlflow.experiment, out)
         log.info("report written to %s", out)
+
+
+def runs_on_other_machines(config: DictConfig) -> bool:
+    """True when the sweep's launcher may put jobs on machines other than this one."""
+    launcher = config.hydra.launcher
+    target = str(launcher.get("_target_", ""))
+    if "submitit" in target:
+        return "Local" not in target
+    if "ray" in target.lower():
+        return launcher.ray.init.get("address") not in (None, "local")
+    return False
+
+
+def check_shared_tracking(config: DictConfig) -> None:
+    """A sqlite file is one machine's store: refuse it before a cluster sweep starts."""
+    from avlsi.errors import UserError
+
+    uri = str(config.mlflow.tracking_uri)
+    if runs_on_other_machines(config) and uri.startswith(("sqlite:", "file:", "/", ".")):
+        raise UserError(
+            f"jobs on other machines cannot share mlflow.tracking_uri={uri}; start an MLflow "
+            "tracking server (make ui HOST=0.0.0.0, or mlflow server ...) and pass "
+            "mlflow.tracking_uri=http://HOST:PORT"
+        )

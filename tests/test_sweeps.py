@@ -1,0 +1,115 @@
+"""Sweeps through the real launchers, the baseline store, and the end-of-sweep report."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+SWEEP = ["criterion=l1,random", "psize=0.3,0.6"]
+
+
+def outcome(runs) -> dict:
+    """(criterion, psize) -> the numbers a leaking job would disturb."""
+    return {
+        (r.data.params["criterion"], r.data.params["psize"]): (
+            r.data.metrics["pruned.params"],
+            r.data.metrics["finetuned.test_accuracy"],
+            r.data.metrics["finetune.loss"],
+        )
+        for r in runs
+    }
+
+
+def job_runs(cli):
+    return [r for r in cli.runs() if "avlsi.report" not in r.data.tags]
+
+
+def assert_all_landed_with_one_baseline(cli, proc, jobs: int):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = job_runs(cli)
+    assert len(runs) == jobs
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    sources = sorted(r.data.tags["baseline.source"] for r in runs)
+    assert sources == ["reused"] * (jobs - 1) + ["trained"]
+    assert len({r.data.tags["baseline.key"] for r in runs}) == 1
+    return runs
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    """The reference: the same sweep run job after job in one process."""
+    from conftest import Cli
+
+    cli = Cli(tmp_path_factory.mktemp("serial"))
+    proc = cli("-m", *SWEEP)
+    return outcome(assert_all_landed_with_one_baseline(cli, proc, 4))
+
+
+@pytest.mark.slow
+def test_joblib_sweep_trains_once_matches_serial_and_reports(cli, serial):
+    proc = cli(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SWEEP,
+        "report.after_sweep=true",
+    )  # fmt: skip
+    runs = assert_all_landed_with_one_baseline(cli, proc, 4)
+    # Two workers ran four jobs: a job that saw its predecessor's Keras, random or MLflow
+    # state would not reproduce the serial sweep's numbers.
+    assert outcome(runs) == serial
+    report = next(cli.tmp.glob("sweep*/report"))
+    assert {"report.csv", "report.md"} <= {p.name for p in report.iterdir()}
+    assert list(report.glob("*.png"))
+    report_runs = [r for r in cli.runs() if r.data.tags.get("avlsi.report") == "true"]
+    assert len(report_runs) == 1
+
+
+@pytest.mark.slow
+def test_ray_sweep_on_a_local_instance_trains_once(cli, serial):
+    proc = cli("-m", "cluster=ray", "hydra.launcher.ray.init.num_cpus=2", *SWEEP)
+    runs = assert_all_landed_with_one_baseline(cli, proc, 4)
+    assert outcome(runs) == serial
+
+
+def test_cluster_sweep_with_a_sqlite_store_is_refused_before_launching(cli):
+    for overrides in (
+        ["cluster=slurm"],
+        ["cluster=ray", "hydra.launcher.ray.init.address=10.0.0.1:6379"],
+    ):
+        proc = cli("-m", *overrides, "psize=0.1,0.2")
+        assert proc.returncode == 2
+        assert "Traceback" not in proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "tracking server" in lines[0], proc.stderr
+        assert cli.runs() == []
+
+
+def test_slurm_config_selects_submitit_and_keeps_overrides(cli):
+    proc = cli("--cfg", "hydra", "-p", "hydra.launcher", "cluster=slurm",
+               "hydra.launcher.partition=cpu")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "submitit" in proc.stdout and "partition: cpu" in proc.stdout
+
+
+@pytest.mark.slow
+def test_corrupt_store_entry_is_rebuilt_and_clear_empties_the_store(cli):
+    assert cli("stage=train").returncode == 0
+    models = list(cli.store.glob("baselines/*/model.keras"))
+    assert len(models) == 1
+    models[0].write_bytes(models[0].read_bytes()[:1000])  # a truncated file
+
+    proc = cli("stage=train")
+    assert proc.returncode == 0, proc.stderr
+    assert "corrupt" in proc.stderr
+    proc = cli("stage=prune")
+    assert proc.returncode == 0, proc.stderr
+    sources = sorted(r.data.tags["baseline.source"] for r in cli.runs())
+    assert sources == ["reused", "trained", "trained"]
+
+    clear = subprocess.run(
+        [sys.executable, "-m", "avlsi.store", "--dir", str(cli.store), "--clear"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert clear.returncode == 0 and "removed 1 " in clear.stdout
+    assert not list(Path(cli.store).glob("*/*/model.keras"))
+    assert "no trained baseline" in cli("stage=prune").stderr
