@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +19,29 @@ class SweepHooks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Create the sqlite schema and the experiment once, before parallel jobs race
         # for them ("database is locked", schema migration run twice).
+        from avlsi.errors import UserError
         from avlsi.record import ensure_experiment
 
-        check_shared_tracking(config)
+        try:
+            check_shared_tracking(config)
+        except UserError as err:  # Hydra turns callback exceptions into warnings: stop here
+            print(f"avlsi: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         ensure_experiment(config.mlflow.tracking_uri, config.mlflow.experiment)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.report.after_sweep:
             return
+        from avlsi.errors import UserError
         from avlsi.report import make_report
 
         out = Path(config.report.out or Path(config.hydra.sweep.dir) / "report")
-        make_report(config.mlflow.tracking_uri, config.mlflow.experiment, out)
-        log.info("report written to %s", out)
+        try:
+            result = make_report(config.mlflow.tracking_uri, config.mlflow.experiment, out)
+        except UserError as err:
+            print(f"avlsi: no report written: {err}", file=sys.stderr)
+            return
+        print(result.summary())
 
 
 def runs_on_other_machines(config: DictConfig) -> bool:

@@ -262,8 +262,10 @@ def mark_pareto(table: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- plotting
 
-AXES = (("kept_params", "fraction of parameters kept (non-zero params / unpruned)", "pareto"),
-        ("kept_macs", "fraction of multiply-adds kept (MACs / unpruned)", "pareto_macs"))
+AXES = (
+    ("kept_params", "fraction of parameters kept (non-zero params / unpruned)", "pareto"),
+    ("kept_macs", "fraction of multiply-adds kept (MACs / unpruned)", "pareto_macs"),
+)
 ROWS = (("finetuned", "after fine-tuning"), ("pruned", "after pruning, before fine-tuning"))
 
 
@@ -276,8 +278,11 @@ def _styles(lines: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
             dash = dashes[sum(c == REFERENCE for c, _ in styles) % len(dashes)]
             styles[criterion, scope] = {"color": "black", "linestyle": dash, "marker": "x"}
         else:
-            styles[criterion, scope] = {"color": palette[others % len(palette)],
-                                        "linestyle": "-", "marker": "o"}
+            styles[criterion, scope] = {
+                "color": palette[others % len(palette)],
+                "linestyle": "-",
+                "marker": "o",
+            }
             others += 1
     return styles
 
@@ -313,18 +318,32 @@ def plot_group(table: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
                 label += f" ({_seeds(rows)})" if len(rows) else " (no runs)"
                 style = styles[criterion, scope]
                 ax.plot(x, y, label=label, linewidth=2, markersize=5, **style)
-                ax.fill_between(x, y - spread, y + spread, color=style["color"], alpha=0.15,
-                                linewidth=0)
-            ax.axhline(base_mean, color="0.4", linestyle=":", linewidth=1.5,
-                       label=f"unpruned ({base_mean:.4f})")
+                ax.fill_between(
+                    x, y - spread, y + spread, color=style["color"], alpha=0.15, linewidth=0
+                )
+            ax.axhline(
+                base_mean,
+                color="0.4",
+                linestyle=":",
+                linewidth=1.5,
+                label=f"unpruned ({base_mean:.4f})",
+            )
             if base_std > 0:
                 ax.axhspan(base_mean - base_std, base_mean + base_std, color="0.5", alpha=0.1)
             ax.plot([1.0], [base_mean], marker="D", color="0.4", linestyle="none")
             if stage == "finetuned":
                 best = table[table[pareto]]
-                ax.scatter(best[f"{size}_mean"], best[f"{accuracy}_mean"], marker="o", s=220,
-                           facecolor="none", edgecolor="black", linewidth=1.6, zorder=5,
-                           label="ringed: Pareto-optimal (best accuracy for its size)")
+                ax.scatter(
+                    best[f"{size}_mean"],
+                    best[f"{accuracy}_mean"],
+                    marker="o",
+                    s=220,
+                    facecolor="none",
+                    edgecolor="black",
+                    linewidth=1.6,
+                    zorder=5,
+                    label="ringed: Pareto-optimal (best accuracy for its size)",
+                )
             what = "parameters" if size == "kept_params" else "multiply-adds"
             ax.set_title(f"{row_title}, vs. {what} kept", fontsize=11)
             ax.grid(alpha=0.3)
@@ -337,9 +356,15 @@ def plot_group(table: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
         title += "\nno random-pruning runs in this sweep: no reference baseline to compare with"
     fig.suptitle(title, fontsize=13, fontweight="bold")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),
-               fontsize=10, title="criterion: line = mean, band = ±1 std over seeds",
-               title_fontsize=10)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=min(len(labels), 4),
+        fontsize=10,
+        title="criterion: line = mean, band = ±1 std over seeds",
+        title_fontsize=10,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
@@ -375,10 +400,19 @@ MD_COLUMNS = (  # header, value, digits
 )
 
 
-def markdown(table: pd.DataFrame, experiment: str, n_runs: int, notes: list[str],
-             plots: list[Path]) -> str:
-    header = ["model", "dataset", "criterion", "scope", "psize", "seeds",
-              *(h for h, _, _ in MD_COLUMNS), "Pareto"]
+def markdown(
+    table: pd.DataFrame, experiment: str, n_runs: int, notes: list[str], plots: list[Path]
+) -> str:
+    header = [
+        "model",
+        "dataset",
+        "criterion",
+        "scope",
+        "psize",
+        "seeds",
+        *(h for h, _, _ in MD_COLUMNS),
+        "Pareto",
+    ]
     lines = [
         f"# Pruning report: experiment `{experiment}`",
         "",
@@ -395,8 +429,14 @@ def markdown(table: pd.DataFrame, experiment: str, n_runs: int, notes: list[str]
         "|" + "|".join("---" for _ in header) + "|",
     ]
     for _, row in table.iterrows():
-        cells = [row["model"], row["dataset"], row["criterion"], row["scope"],
-                 f"{row['psize']:g}", str(row["n_seeds"])]
+        cells = [
+            row["model"],
+            row["dataset"],
+            row["criterion"],
+            row["scope"],
+            f"{row['psize']:g}",
+            str(row["n_seeds"]),
+        ]
         cells += [_cell(row[f"{v}_mean"], row[f"{v}_std"], d) for _, v, d in MD_COLUMNS]
         cells.append("yes" if row["pareto"] else "")
         lines.append("| " + " | ".join(cells) + " |")
@@ -415,8 +455,9 @@ def write_tables(table: pd.DataFrame, out_dir: Path, text: str) -> tuple[Path, P
 # ---------------------------------------------------------------- MLflow and the command
 
 
-def log_report(tracking_uri: str, experiment: str, files: list[Path], description: str,
-               params: dict[str, str]) -> str:
+def log_report(
+    tracking_uri: str, experiment: str, files: list[Path], description: str, params: dict[str, str]
+) -> str:
     """A FINISHED run named `report`, tagged avlsi.report=true, holding `files`; its id."""
     client, experiment_id = open_experiment(tracking_uri, experiment)
     tags = {REPORT_TAG: "true", "mlflow.note.content": description}
@@ -473,23 +514,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Plots and tables of accuracy against size kept, from an experiment's "
         "pruning runs in MLflow; logged back as a run named 'report'.",
     )
-    parser.add_argument("--tracking-uri", default=default_tracking_uri(),
-                        help="MLflow tracking URI (default: %(default)s)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=default_tracking_uri(),
+        help="MLflow tracking URI (default: %(default)s)",
+    )
     parser.add_argument("--experiment", default="avlsi", help="experiment name (default: avlsi)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: <project>/reports/<experiment>)")
-    parser.add_argument("--filter", default="", metavar="FILTER",
-                        help="MLflow search filter, e.g. \"params.model = 'cnn'\"")
-    parser.add_argument("--no-log", action="store_true",
-                        help="only write the files, do not log a report run to MLflow")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: <project>/reports/<experiment>)",
+    )
+    parser.add_argument(
+        "--filter",
+        default="",
+        metavar="FILTER",
+        help="MLflow search filter, e.g. \"params.model = 'cnn'\"",
+    )
+    parser.add_argument(
+        "--no-log",
+        action="store_true",
+        help="only write the files, do not log a report run to MLflow",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        result = make_report(args.tracking_uri, args.experiment, args.out,
-                             log_to_mlflow=not args.no_log, filter_string=args.filter)
+        result = make_report(
+            args.tracking_uri,
+            args.experiment,
+            args.out,
+            log_to_mlflow=not args.no_log,
+            filter_string=args.filter,
+        )
     except UserError as err:
         print(f"avlsi: error: {err}", file=sys.stderr)
         sys.exit(2)

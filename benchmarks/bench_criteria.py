@@ -68,28 +68,45 @@ def timed(fn, *args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=256, help="images shown to criteria")
-    parser.add_argument("--train", type=int, default=4096,
-                        help="train the CNN one epoch on this many images first (0: random init)")
-    parser.add_argument("--skip-reference", action="store_true",
-                        help="do not run the slow per-filter reference")
+    parser.add_argument(
+        "--train",
+        type=int,
+        default=4096,
+        help="train the CNN one epoch on this many images first (0: random init)",
+    )
+    parser.add_argument(
+        "--skip-reference", action="store_true", help="do not run the slow per-filter reference"
+    )
     args = parser.parse_args()
 
     train.seed_everything(0)
     data = load_data(max(args.train, args.samples))
-    cfg = SimpleNamespace(name="cnn", conv_filters=[32, 32, 64, 64], dense_units=[128],
-                          kernel_size=3, pool_every=2, batch_norm=False, dropout=0.0)
+    cfg = SimpleNamespace(
+        name="cnn",
+        conv_filters=[32, 32, 64, 64],
+        dense_units=[128],
+        kernel_size=3,
+        pool_every=2,
+        batch_norm=False,
+        dropout=0.0,
+    )
     model = build(data.input_shape, data.num_classes, cfg)
     if args.train:
-        train.fit(model, data, SimpleNamespace(epochs=1, batch_size=128, learning_rate=1e-3),
-                  verbose=0)
-        print(f"CNN trained 1 epoch on {len(data.x_train)} {data.name} images: "
-              f"test accuracy {train.evaluate(model, data):.4f}")
+        train.fit(
+            model, data, SimpleNamespace(epochs=1, batch_size=128, learning_rate=1e-3), verbose=0
+        )
+        print(
+            f"CNN trained 1 epoch on {len(data.x_train)} {data.name} images: "
+            f"test accuracy {train.evaluate(model, data):.4f}"
+        )
     layer = largest_conv(model)
     pick = np.random.default_rng(0).choice(len(data.x_train), args.samples, replace=False)
     context = ScoringContext(x=data.x_train[np.sort(pick)], y=data.y_train[np.sort(pick)], seed=0)
-    print(f"layer {layer.name}: {layer.filters} filters, output {layer.output.shape[1:]}, "
-          f"{args.samples} samples, batch {context.batch_size}, "
-          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} intra-op threads")
+    print(
+        f"layer {layer.name}: {layer.filters} filters, output {layer.output.shape[1:]}, "
+        f"{args.samples} samples, batch {context.batch_size}, "
+        f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} intra-op threads"
+    )
     print(f"{'criterion':<16} {'cold s':>8} {'warm s':>8}")
     times = {}
     for name, ccfg in criterion_cfgs().items():
@@ -111,9 +128,11 @@ def main() -> None:
     print(f"{'reference':<16} {cold_ref:8.3f} {warm_ref:8.3f}   (one backward pass per filter)")
     print(f"grad_activation again, warm: {warm_fast:.3f} s")
     best_fast = min(*times["grad_activation"], warm_fast)
-    print(f"grad_activation / reference time: cold {times['grad_activation'][0] / cold_ref:.2f}, "
-          f"warm {warm_fast / warm_ref:.2f}, best-of {best_fast / min(cold_ref, warm_ref):.2f}; "
-          f"largest relative score difference {diff:.2e}")
+    print(
+        f"grad_activation / reference time: cold {times['grad_activation'][0] / cold_ref:.2f}, "
+        f"warm {warm_fast / warm_ref:.2f}, best-of {best_fast / min(cold_ref, warm_ref):.2f}; "
+        f"largest relative score difference {diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

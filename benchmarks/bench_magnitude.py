@@ -33,8 +33,15 @@ from avlsi.data.mnist import load  # noqa: E402
 from avlsi.models.stack import build  # noqa: E402
 from avlsi.select import candidate_layers  # noqa: E402
 
-DNN = SimpleNamespace(name="dnn", conv_filters=[], dense_units=[512, 256, 256, 128, 128, 64],
-                      kernel_size=3, pool_every=2, batch_norm=False, dropout=0.0)
+DNN = SimpleNamespace(
+    name="dnn",
+    conv_filters=[],
+    dense_units=[512, 256, 256, 128, 128, 64],
+    kernel_size=3,
+    pool_every=2,
+    batch_norm=False,
+    dropout=0.0,
+)
 
 
 class EpochTimes(tf.keras.callbacks.Callback):
@@ -59,8 +66,15 @@ def fit(model, data, args, callbacks=()) -> tuple[float, float]:
     timer = EpochTimes()
     train.compile_model(model, args.finetune_lr)
     start = time.perf_counter()
-    model.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.finetune_epochs,
-              shuffle=True, verbose=0, callbacks=[timer, *callbacks])
+    model.fit(
+        data.x_train,
+        data.y_train,
+        batch_size=args.batch_size,
+        epochs=args.finetune_epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[timer, *callbacks],
+    )
     return time.perf_counter() - start, sum(timer.times[1:])
 
 
@@ -113,16 +127,23 @@ def main() -> None:
     args = parser.parse_args()
 
     train.seed_everything(0)
-    data = load(SimpleNamespace(name="mnist", path=None, limit=args.limit,
-                                test_limit=args.test_limit), seed=0)
+    data = load(
+        SimpleNamespace(name="mnist", path=None, limit=args.limit, test_limit=args.test_limit),
+        seed=0,
+    )
     baseline = build(data.input_shape, data.num_classes, DNN)
     start = time.perf_counter()
-    train.fit(baseline, data, SimpleNamespace(epochs=args.train_epochs,
-                                              batch_size=args.batch_size, learning_rate=1e-3),
-              verbose=0)
-    print(f"DNN baseline: {args.train_epochs} epochs on {len(data.x_train)} images in "
-          f"{time.perf_counter() - start:.0f} s; {len(data.x_test)} test images; "
-          f"psize {args.psize}, {args.finetune_epochs} fine-tune epochs, lr {args.finetune_lr}")
+    train.fit(
+        baseline,
+        data,
+        SimpleNamespace(epochs=args.train_epochs, batch_size=args.batch_size, learning_rate=1e-3),
+        verbose=0,
+    )
+    print(
+        f"DNN baseline: {args.train_epochs} epochs on {len(data.x_train)} images in "
+        f"{time.perf_counter() - start:.0f} s; {len(data.x_test)} test images; "
+        f"psize {args.psize}, {args.finetune_epochs} fine-tune epochs, lr {args.finetune_lr}"
+    )
     names = [lyr.name for lyr in candidate_layers(baseline, "layerwise")]
     rows = [("baseline", train.evaluate(baseline, data), sparsity(baseline, names), None, None)]
 
@@ -145,25 +166,52 @@ def main() -> None:
 
     best = {k: min(v) for k, v in times.items()}
     base_total, base_steady = best["unmasked"]
-    ratio = lambda key: (best[key][0] / base_total,  # noqa: E731
-                         best[key][1] / base_steady if base_steady else float("nan"))
+
+    def ratio(key: str) -> tuple[float, float]:
+        return (
+            best[key][0] / base_total,
+            best[key][1] / base_steady if base_steady else float("nan"),
+        )
+
     rows += [
         ("AVLSI magnitude, one-shot", *results["oneshot"], None, None),
-        ("AVLSI magnitude + masked FT", train.evaluate(results["masked"], data),
-         sparsity(results["masked"], names), best["masked"], ratio("masked")),
-        ("unmasked FT (time reference)", train.evaluate(results["plain"], data),
-         sparsity(results["plain"], names), best["unmasked"], (1.0, 1.0)),
-        (f"tfmot prune_low_magnitude ({args.schedule})", train.evaluate(results["tfmot"], data),
-         sparsity(results["tfmot"], names), best["tfmot"], ratio("tfmot")),
+        (
+            "AVLSI magnitude + masked FT",
+            train.evaluate(results["masked"], data),
+            sparsity(results["masked"], names),
+            best["masked"],
+            ratio("masked"),
+        ),
+        (
+            "unmasked FT (time reference)",
+            train.evaluate(results["plain"], data),
+            sparsity(results["plain"], names),
+            best["unmasked"],
+            (1.0, 1.0),
+        ),
+        (
+            f"tfmot prune_low_magnitude ({args.schedule})",
+            train.evaluate(results["tfmot"], data),
+            sparsity(results["tfmot"], names),
+            best["tfmot"],
+            ratio("tfmot"),
+        ),
     ]
-    print(f"\n{'method':<40} {'test acc':>8} {'sparsity':>8} {'FT s':>7} {'steady s':>8} "
-          f"{'FT/unmasked':>11} {'steady/unm.':>11}")
+    print(
+        f"\n{'method':<40} {'test acc':>8} {'sparsity':>8} {'FT s':>7} {'steady s':>8} "
+        f"{'FT/unmasked':>11} {'steady/unm.':>11}"
+    )
     for name, acc, sp, secs, rel in rows:
-        timing = (f"{secs[0]:7.1f} {secs[1]:8.1f} {rel[0]:11.3f} {rel[1]:11.3f}" if secs
-                  else f"{'':7} {'':8} {'':11} {'':11}")
+        timing = (
+            f"{secs[0]:7.1f} {secs[1]:8.1f} {rel[0]:11.3f} {rel[1]:11.3f}"
+            if secs
+            else f"{'':7} {'':8} {'':11} {'':11}"
+        )
         print(f"{name:<40} {acc:8.4f} {sp:8.3f} {timing}")
-    print(f"(sparsity: zero weights in the pruned kernels {', '.join(names)}; "
-          f"best of {args.repeat} timing run(s))")
+    print(
+        f"(sparsity: zero weights in the pruned kernels {', '.join(names)}; "
+        f"best of {args.repeat} timing run(s))"
+    )
 
 
 if __name__ == "__main__":

@@ -98,8 +98,9 @@ def test_dense_scores_match_the_formulas(name):
     model, context = dense_model(), dense_context()
     scores = scorer(name)(model, [model.get_layer("dense0")], context)
     assert list(scores) == ["dense0"] and scores["dense0"].shape == (5,)
-    np.testing.assert_allclose(scores["dense0"], dense_expected(context)[name], rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        scores["dense0"], dense_expected(context)[name], rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("name", DATA_CRITERIA)
@@ -174,8 +175,15 @@ def test_conv_activation_scores_with_known_filters():
 
 
 CONV = OmegaConf.create(
-    {"name": "cnn", "conv_filters": [3, 4], "dense_units": [], "kernel_size": 3,
-     "pool_every": 2, "batch_norm": False, "dropout": 0.0}
+    {
+        "name": "cnn",
+        "conv_filters": [3, 4],
+        "dense_units": [],
+        "kernel_size": 3,
+        "pool_every": 2,
+        "batch_norm": False,
+        "dropout": 0.0,
+    }
 )
 
 
@@ -218,8 +226,9 @@ def test_conv_scores_reduce_over_samples_and_positions():
         scores = scorer(name)(model, chosen, context)
         assert list(scores) == names
         for layer_name, value in zip(names, values, strict=True):
-            np.testing.assert_allclose(scores[layer_name], value, rtol=1e-5, atol=1e-8,
-                                       err_msg=f"{name} {layer_name}")
+            np.testing.assert_allclose(
+                scores[layer_name], value, rtol=1e-5, atol=1e-8, err_msg=f"{name} {layer_name}"
+            )
     assert all(0 < np.mean(a > 0) < 1 for a in acts)  # some positions zero, some not
 
 
@@ -288,8 +297,7 @@ def test_grad_activation_reference_on_dense_model():
 
 @pytest.mark.parametrize(
     ("psize", "n", "expected"),
-    [(0.5, 5, 3), (0.5, 3, 2), (0.1, 4, 0), (0.3, 10, 3), (0.25, 2, 1), (0.9, 2, 1),
-     (0.99, 8, 7)],
+    [(0.5, 5, 3), (0.5, 3, 2), (0.1, 4, 0), (0.3, 10, 3), (0.25, 2, 1), (0.9, 2, 1), (0.99, 8, 7)],
 )
 def test_psize_rounds_half_up_and_never_takes_every_unit(psize, n, expected):
     assert n_to_remove(psize, n) == expected
@@ -303,7 +311,9 @@ def test_ties_go_lower_index_first():
 
 def test_layerwise_never_empties_a_layer():
     assert select_units({"a": np.zeros(3), "b": np.arange(2.0)}, "layerwise", 0.9) == {
-        "a": [0, 1], "b": [0]}
+        "a": [0, 1],
+        "b": [0],
+    }
 
 
 def test_global_ranks_rms_scaled_scores_and_keeps_one_unit_per_layer():
@@ -319,12 +329,26 @@ def test_global_ranks_rms_scaled_scores_and_keeps_one_unit_per_layer():
 # --- which layers, scopes and layer types each criterion accepts ------------------------------
 
 SEED_CNN = OmegaConf.create(
-    {"name": "cnn", "conv_filters": [4, 4, 8, 8], "dense_units": [8], "kernel_size": 3,
-     "pool_every": 2, "batch_norm": False, "dropout": 0.0}
+    {
+        "name": "cnn",
+        "conv_filters": [4, 4, 8, 8],
+        "dense_units": [8],
+        "kernel_size": 3,
+        "pool_every": 2,
+        "batch_norm": False,
+        "dropout": 0.0,
+    }
 )
 SEED_DNN = OmegaConf.create(
-    {"name": "dnn", "conv_filters": [], "dense_units": [16, 8], "kernel_size": 3,
-     "pool_every": 2, "batch_norm": False, "dropout": 0.0}
+    {
+        "name": "dnn",
+        "conv_filters": [],
+        "dense_units": [16, 8],
+        "kernel_size": 3,
+        "pool_every": 2,
+        "batch_norm": False,
+        "dropout": 0.0,
+    }
 )
 
 
@@ -365,8 +389,15 @@ def test_scope_layer_takes_the_first_conv():
         ("taylor", ["criterion.scope=layer", "criterion.layer=output"], r"output layer"),
         ("apoz", ["criterion.scope=layer", "criterion.layer=pool0"], r"cannot prune pool0"),
         ("apoz", ["criterion.scope=layer", "criterion.layer=nope"], r"no layer 'nope'"),
-        ("mean_activation", ["criterion.scope=layer", "criterion.layer=conv1",
-                             "criterion.layer_types.layer=[Dense]"], r"cannot prune conv1"),
+        (
+            "mean_activation",
+            [
+                "criterion.scope=layer",
+                "criterion.layer=conv1",
+                "criterion.layer_types.layer=[Dense]",
+            ],
+            r"cannot prune conv1",
+        ),
         ("taylor", ["criterion.layer_types.layerwise=[Dense]"], None),
     ],
 )
@@ -376,8 +407,9 @@ def test_wrong_scope_or_layer_type_is_a_user_error(name, overrides, message):
     if message is None:  # restricting the types narrows the candidates instead
         assert [lyr.name for lyr in prunable_layers(cnn, cfg)] == ["dense0"]
         with pytest.raises(UserError, match="found no Dense layer"):
-            prunable_layers(build((12, 12, 1), 10, OmegaConf.merge(SEED_CNN, {"dense_units": []})),
-                            cfg)
+            prunable_layers(
+                build((12, 12, 1), 10, OmegaConf.merge(SEED_CNN, {"dense_units": []})), cfg
+            )
         return
     with pytest.raises(UserError, match=message):
         prunable_layers(cnn, cfg)

@@ -87,12 +87,18 @@ def sweeps(tmp_path_factory):
     for model, overrides in MODELS.items():
         for i, ((scopes, structured), names) in enumerate(groups().items()):
             tmp = base / f"{model}{i}"
-            sweep = [f"criterion={','.join(names)}", f"criterion.scope={','.join(scopes)}",
-                     f"finetune.epochs={0 if structured else 1}"]
+            sweep = [
+                f"criterion={','.join(names)}",
+                f"criterion.scope={','.join(scopes)}",
+                f"finetune.epochs={0 if structured else 1}",
+            ]
             args = ["-m", f"model={model}", *overrides, *sweep]
             procs[model].append((tmp, start(tmp, base / f"{model}_store", args)))
-    refused = start(base / "refused", base / "refused_store",
-                    ["model=dnn", "criterion=gradient", "criterion.scope=global"])
+    refused = start(
+        base / "refused",
+        base / "refused_store",
+        ["model=dnn", "criterion=gradient", "criterion.scope=global"],
+    )
     results = {}
     for model, started in procs.items():
         results[model] = [(tmp, proc, *proc.communicate(timeout=900)) for tmp, proc in started]

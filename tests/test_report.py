@@ -38,27 +38,64 @@ PARETO = {
     "cnn": {("l1", 0.3), ("apoz", 0.5)},  # cnn l1@0.1 loses to l1@0.3 (smaller, better)
     "dnn": {("apoz", 0.1), ("l1", 0.3), ("l1", 0.5)},
 }
-COLUMNS = ["model", "dataset", "criterion", "scope", "psize", "n_seeds", "pareto",
-           "baseline.test_accuracy_mean", "pruned.test_accuracy_mean",
-           "finetuned.test_accuracy_mean", "finetuned.test_accuracy_std",
-           "finetuned.params_mean", "finetuned.nonzero_params_mean", "finetuned.macs_mean",
-           "kept_params_mean", "kept_macs_mean", "compression_mean", "speedup_mean"]
+COLUMNS = [
+    "model",
+    "dataset",
+    "criterion",
+    "scope",
+    "psize",
+    "n_seeds",
+    "pareto",
+    "baseline.test_accuracy_mean",
+    "pruned.test_accuracy_mean",
+    "finetuned.test_accuracy_mean",
+    "finetuned.test_accuracy_std",
+    "finetuned.params_mean",
+    "finetuned.nonzero_params_mean",
+    "finetuned.macs_mean",
+    "kept_params_mean",
+    "kept_macs_mean",
+    "compression_mean",
+    "speedup_mean",
+]
 
 
 def sizes(model: str, prefix: str, psize: float = 0.0) -> dict[str, float]:
     params = round(PARAMS[model] * (1 - psize))
-    return {f"{prefix}.params": params, f"{prefix}.nonzero_params": params,
-            f"{prefix}.macs": round(MACS[model] * (1 - psize) ** 2)}
+    return {
+        f"{prefix}.params": params,
+        f"{prefix}.nonzero_params": params,
+        f"{prefix}.macs": round(MACS[model] * (1 - psize) ** 2),
+    }
 
 
-def add_run(client, experiment_id, start, model, criterion, psize, seed, metrics,
-            status="FINISHED", stage="all"):
-    params = {"model": model, "dataset": "mnist", "criterion": criterion, "stage": stage,
-              "scope": "layerwise", "psize": str(psize), "seed": str(seed),
-              "criterion.scope": "layerwise", "train.epochs": "1"}
+def add_run(
+    client,
+    experiment_id,
+    start,
+    model,
+    criterion,
+    psize,
+    seed,
+    metrics,
+    status="FINISHED",
+    stage="all",
+):
+    params = {
+        "model": model,
+        "dataset": "mnist",
+        "criterion": criterion,
+        "stage": stage,
+        "scope": "layerwise",
+        "psize": str(psize),
+        "seed": str(seed),
+        "criterion.scope": "layerwise",
+        "train.epochs": "1",
+    }
     tags = {"stage": stage, "baseline.source": "reused", "baseline.key": f"{model}-s{seed}"}
-    run = client.create_run(experiment_id, start_time=start,
-                            run_name=f"{model}-{criterion}-p{psize}-s{seed}")
+    run = client.create_run(
+        experiment_id, start_time=start, run_name=f"{model}-{criterion}-p{psize}-s{seed}"
+    )
     client.log_batch(
         run.info.run_id,
         metrics=[Metric(k, float(v), start, 0) for k, v in metrics.items()],
@@ -73,9 +110,14 @@ def fake_metrics(model, criterion, psize, seed, finetuned=None):
     offset = OFFSET * (seed - middle)
     if finetuned is None:
         finetuned = FINETUNED[model, criterion][PSIZES.index(psize)] + offset
-    return {"baseline.test_accuracy": 0.99 + offset / 4, **sizes(model, "baseline"),
-            "pruned.test_accuracy": finetuned - 0.3 * psize, **sizes(model, "pruned", psize),
-            "finetuned.test_accuracy": finetuned, **sizes(model, "finetuned", psize)}
+    return {
+        "baseline.test_accuracy": 0.99 + offset / 4,
+        **sizes(model, "baseline"),
+        "pruned.test_accuracy": finetuned - 0.3 * psize,
+        **sizes(model, "pruned", psize),
+        "finetuned.test_accuracy": finetuned,
+        **sizes(model, "finetuned", psize),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -86,24 +128,68 @@ def store(tmp_path_factory) -> str:
     experiment_id = ensure_experiment(uri, EXPERIMENT)
     start = 1_700_000_000_000
     # Older run of cnn/l1/0.1/seed 0 that a rerun replaced: must not be counted.
-    add_run(client, experiment_id, start, "cnn", "l1", 0.1, 0,
-            fake_metrics("cnn", "l1", 0.1, 0, finetuned=0.5))
+    add_run(
+        client,
+        experiment_id,
+        start,
+        "cnn",
+        "l1",
+        0.1,
+        0,
+        fake_metrics("cnn", "l1", 0.1, 0, finetuned=0.5),
+    )
     for (model, criterion), _ in FINETUNED.items():
         for psize in PSIZES:
             for seed in SEEDS[model]:
                 start += 1000
-                add_run(client, experiment_id, start, model, criterion, psize, seed,
-                        fake_metrics(model, criterion, psize, seed))
-    add_run(client, experiment_id, start + 1000, "cnn", "l1", 0.3, 3,
-            fake_metrics("cnn", "l1", 0.3, 3, finetuned=0.1), status="FAILED")
-    add_run(client, experiment_id, start + 2000, "cnn", "l1", 0.3, 4,
-            {"baseline.test_accuracy": 0.5, **sizes("cnn", "baseline")}, stage="train")
+                add_run(
+                    client,
+                    experiment_id,
+                    start,
+                    model,
+                    criterion,
+                    psize,
+                    seed,
+                    fake_metrics(model, criterion, psize, seed),
+                )
+    add_run(
+        client,
+        experiment_id,
+        start + 1000,
+        "cnn",
+        "l1",
+        0.3,
+        3,
+        fake_metrics("cnn", "l1", 0.3, 3, finetuned=0.1),
+        status="FAILED",
+    )
+    add_run(
+        client,
+        experiment_id,
+        start + 2000,
+        "cnn",
+        "l1",
+        0.3,
+        4,
+        {"baseline.test_accuracy": 0.5, **sizes("cnn", "baseline")},
+        stage="train",
+    )
     # An experiment without a single usable run.
     empty = ensure_experiment(uri, "no-pruning-runs")
-    add_run(client, empty, start, "cnn", "l1", 0.3, 0, fake_metrics("cnn", "l1", 0.3, 0),
-            status="FAILED")
-    add_run(client, empty, start, "cnn", "l1", 0.3, 0, {"baseline.test_accuracy": 0.9},
-            stage="train")
+    add_run(
+        client,
+        empty,
+        start,
+        "cnn",
+        "l1",
+        0.3,
+        0,
+        fake_metrics("cnn", "l1", 0.3, 0),
+        status="FAILED",
+    )
+    add_run(
+        client, empty, start, "cnn", "l1", 0.3, 0, {"baseline.test_accuracy": 0.9}, stage="train"
+    )
     return uri
 
 
@@ -114,13 +200,20 @@ def report(store, tmp_path_factory):
 
 def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "avlsi.report", *args], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "avlsi.report", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def row(table: pd.DataFrame, model: str, criterion: str, psize: float) -> pd.Series:
-    (index,) = table.index[(table["model"] == model) & (table["criterion"] == criterion)
-                           & (table["psize"] == psize)]
+    (index,) = table.index[
+        (table["model"] == model) & (table["criterion"] == criterion) & (table["psize"] == psize)
+    ]
     return table.loc[index]
 
 
@@ -138,8 +231,9 @@ def report_runs(uri: str):
 def test_cli_writes_plots_tables_and_a_report_run(store, tmp_path):
     before = len(report_runs(store))
     out = tmp_path / "out"
-    proc = report_cli("--tracking-uri", store, "--experiment", EXPERIMENT, "--out", str(out),
-                      cwd=tmp_path)
+    proc = report_cli(
+        "--tracking-uri", store, "--experiment", EXPERIMENT, "--out", str(out), cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     expected = ["report.csv", "report.md", "accuracy_cnn_mnist.png", "accuracy_dnn_mnist.png"]
     for name in expected:
@@ -202,8 +296,7 @@ def test_pareto_front_keeps_the_best_accuracy_for_its_size():
     size = [0.5, 0.5, 0.7, 0.7, 0.9, 0.3, float("nan")]
     accuracy = [0.90, 0.95, 0.95, 0.96, 0.94, 0.80, 0.99]
     # 0.5/0.95 knocks out 0.5/0.90 (same size), 0.7/0.95 (tie, smaller) and 0.9/0.94.
-    assert pareto_front(size, accuracy).tolist() == [False, True, False, True, False, True,
-                                                     False]
+    assert pareto_front(size, accuracy).tolist() == [False, True, False, True, False, True, False]
 
 
 def test_report_run_holds_the_files(store, tmp_path):
@@ -238,8 +331,15 @@ def test_no_usable_runs_in_process_is_a_user_error(store, tmp_path):
 
 
 def test_unknown_experiment_is_one_line_listing_the_experiments(store, tmp_path):
-    proc = report_cli("--tracking-uri", store, "--experiment", "nope", "--out",
-                      str(tmp_path / "out"), cwd=tmp_path)
+    proc = report_cli(
+        "--tracking-uri",
+        store,
+        "--experiment",
+        "nope",
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, "no experiment 'nope'", EXPERIMENT, "no-pruning-runs")
     assert not (tmp_path / "out").exists()
 
@@ -249,8 +349,10 @@ def test_unknown_experiment_is_one_line_listing_the_experiments(store, tmp_path)
     [
         (["--experiment", "no-pruning-runs"], ["no finished pruning runs", "1 FAILED"]),
         (["--experiment", EXPERIMENT, "--filter", "params.model ~ 'x'"], ["--filter"]),
-        (["--experiment", EXPERIMENT, "--filter", "params.model = 'vgg'"],
-         ["no finished pruning runs", "vgg"]),
+        (
+            ["--experiment", EXPERIMENT, "--filter", "params.model = 'vgg'"],
+            ["no finished pruning runs", "vgg"],
+        ),
     ],
 )
 def test_bad_input_is_one_line(store, tmp_path, capsys, args, needles):
@@ -258,15 +360,15 @@ def test_bad_input_is_one_line(store, tmp_path, capsys, args, needles):
     with pytest.raises(SystemExit) as exit_info:
         main(["--tracking-uri", store, "--out", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err
-    assert_one_line_error(subprocess.CompletedProcess([], exit_info.value.code, "", err),
-                          *needles)
+    assert_one_line_error(subprocess.CompletedProcess([], exit_info.value.code, "", err), *needles)
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_store_is_one_line_and_creates_nothing(tmp_path):
     db = tmp_path / "nowhere" / "mlflow.db"
-    proc = report_cli("--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out"),
-                      cwd=tmp_path)
+    proc = report_cli(
+        "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out"), cwd=tmp_path
+    )
     assert_one_line_error(proc, str(db))
     assert not db.exists() and not db.parent.exists()
 

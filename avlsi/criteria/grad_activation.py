@@ -26,8 +26,15 @@ from avlsi.criteria import spatial_mean, unit_output_layer
 # Samples per vectorised batch are capped so that one batched gradient tensor
 # (samples x units x largest activation) holds at most this many floats (256 MB).
 MAX_FLOATS = 2**26
-ELEMENTWISE = {"InputLayer", "Activation", "ReLU", "LeakyReLU", "ELU", "BatchNormalization",
-               "Dropout"}
+ELEMENTWISE = {
+    "InputLayer",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "BatchNormalization",
+    "Dropout",
+}
 
 
 def _floats(model) -> int:
@@ -50,8 +57,11 @@ def _unit_cotangents(layer, slopes, below):
     depthwise = tf.reshape(tf.transpose(kernel, [0, 1, 3, 2]), [kh, kw, units * channels, 1])
     shape = tf.shape(below)
     grads = tf.nn.depthwise_conv2d_backprop_input(
-        tf.stack([shape[0], shape[1], shape[2], units * channels]), depthwise,
-        tf.repeat(slopes, channels, axis=-1), [1, *layer.strides, 1], layer.padding.upper(),
+        tf.stack([shape[0], shape[1], shape[2], units * channels]),
+        depthwise,
+        tf.repeat(slopes, channels, axis=-1),
+        [1, *layer.strides, 1],
+        layer.padding.upper(),
     )
     grads = tf.reshape(grads, [shape[0], shape[1], shape[2], units, channels])
     return tf.transpose(grads, [3, 0, 1, 2, 4])
