@@ -85,3 +85,50 @@ def test_quick_run_knobs_exist_with_their_names():
 def test_wrong_type_or_unknown_key_fails_at_compose_time(override):
     with pytest.raises(ConfigCompositionException):
         composed(override)
+
+
+def study_jobs(name: str) -> list[list[str]]:
+    """The override list of every job a named study's sweep launches."""
+    import itertools
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={name}"],
+                      return_hydra_config=True)  # fmt: skip
+    params = {key: str(value).split(",") for key, value in cfg.hydra.sweeper.params.items()}
+    return [
+        [f"experiment={name}", *(f"{k}={v}" for k, v in zip(params, values, strict=True))]
+        for values in itertools.product(*params.values())
+    ]
+
+
+def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
+    """Every combination of group choices, each with some value of every other key."""
+    seen, picked = set(), []
+    for overrides in jobs:
+        groups = tuple(o for o in overrides if o.split("=")[0] in GROUPS)
+        others = {o for o in overrides if o.split("=")[0] not in GROUPS}
+        if groups not in seen or not others <= {o for job in picked for o in job}:
+            seen.add(groups)
+            picked.append(overrides)
+    return picked
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml")))
+def test_every_job_of_every_named_study_is_a_valid_config(name):
+    from avlsi.pipeline import check_config
+
+    jobs = study_jobs(name)
+    assert jobs
+    for overrides in covering_jobs(jobs):
+        cfg = composed(*overrides)
+        check_config(cfg)
+        assert cfg.mlflow.experiment == name
+        assert cfg.report.after_sweep is True
+
+
+def test_the_main_study_is_every_criterion_over_psize_and_three_seeds():
+    jobs = [dict(o.split("=", 1) for o in job) for job in study_jobs("cnn_vs_dnn")]
+    assert {j["model"] for j in jobs} == {"cnn", "dnn"}
+    assert {j["criterion"] for j in jobs} == set(options("criterion"))
+    assert sorted({float(j["psize"]) for j in jobs}) == [i / 10 for i in range(1, 10)]
+    assert len({j["seed"] for j in jobs}) >= 3
