@@ -34,7 +34,9 @@ def hydra_entry(cfg: DictConfig) -> dict[str, float]:
     hydra_cfg = HydraConfig.get()
     choices = {group: str(hydra_cfg.runtime.choices.get(group)) for group in GROUPS}
     try:
-        return run_job(cfg, Path(hydra_cfg.runtime.output_dir), choices)
+        sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+        return run_job(cfg, output_dir, choices, skip_finished=sweeping and not cfg.rerun)
     except UserError as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             print(f"avlsi: error: {err}", file=sys.stderr)
@@ -57,6 +59,7 @@ def quiet_tensorflow_import() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # device probing logs here, not mid-job
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing advice, not ours
     finally:
         os.dup2(saved, 2)
         os.close(null)

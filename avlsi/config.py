@@ -144,6 +144,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     verbose: int | None = None  # Keras verbosity; default: progress bar on a terminal
+    rerun: bool = False  # a sweep skips jobs already FINISHED with this config; True: run again
 
 
 def register() -> None:

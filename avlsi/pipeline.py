@@ -53,6 +53,17 @@ def pruned_key(cfg: DictConfig) -> str:
     return config_key(prefix, parts)
 
 
+# Config sections that say where results go or how they look, not what is computed.
+NOT_IN_JOB_KEY = ("mlflow", "store", "report", "verbose", "rerun", "hydra")
+
+
+def job_key(cfg: DictConfig) -> str:
+    """Everything that determines a job's results, hashed: equal keys, equal runs."""
+    parts = {k: v for k, v in _plain(cfg).items() if k not in NOT_IN_JOB_KEY}
+    parts.update(tensorflow=tf.__version__, tf_keras=tf_keras.__version__, avlsi=avlsi.__version__)
+    return config_key("job", parts)
+
+
 def steps_of(cfg: DictConfig) -> list[str]:
     return [str(getattr(s, "value", s)) for s in cfg.stage.steps]
 
@@ -246,16 +257,32 @@ class Job:
         return self.metrics
 
 
-def run_job(cfg: DictConfig, output_dir: Path, choices: dict[str, str]) -> dict[str, float]:
-    """Check, then run one job inside its own MLflow run; returns its metrics."""
+def run_job(
+    cfg: DictConfig, output_dir: Path, choices: dict[str, str], skip_finished: bool = False
+) -> dict[str, float]:
+    """Check, then run one job inside its own MLflow run; returns its metrics.
+
+    With skip_finished, a job whose identical config already FINISHED in the experiment
+    is not run again: its earlier run's metrics are returned.
+    """
     check_config(cfg)
+    key = job_key(cfg)
+    if skip_finished:
+        done = record.find_finished(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, key)
+        if done is not None:
+            log.info(
+                "skipped: this job FINISHED before as run %s (%s); rerun=true runs it again",
+                done.info.run_name,
+                done.info.run_id,
+            )
+            return dict(done.data.metrics)
     store = ModelStore(cfg.store.dir)
     check_prerequisites(cfg, store)
     train.seed_everything(cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     scope = cfg.criterion.scope.value
     run_name = f"{cfg.model.name}-{cfg.criterion.name}-{scope}-p{cfg.psize}-s{cfg.seed}"
-    tags = {"stage": cfg.stage.name, "output_dir": str(output_dir)}
+    tags = {"stage": cfg.stage.name, "output_dir": str(output_dir), record.JOB_KEY_TAG: key}
     with record.mlflow_run(cfg, run_name, tags):
         record.log_config(cfg, {**choices, "scope": scope}, output_dir)
         try:

@@ -48,6 +48,24 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+JOB_KEY_TAG = "avlsi.job_key"
+
+
+def find_finished(tracking_uri: str, experiment: str, key: str):
+    """The newest FINISHED run of the experiment tagged with this job key, else None."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{JOB_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
 def flatten(cfg: DictConfig) -> dict[str, Any]:
     """`a.b.c -> value` for every leaf of the resolved config."""
     flat: dict[str, Any] = {}

@@ -114,3 +114,20 @@ def test_corrupt_store_entry_is_rebuilt_and_clear_empties_the_store(cli):
     assert "removed 2 " in clear.stdout  # the baseline and the pruned model
     assert not list(Path(cli.store).glob("*/*/model.keras"))
     assert "no trained baseline" in cli("stage=prune").stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_run_again_only_runs_what_is_missing(cli):
+    assert cli("-m", "psize=0.3,0.6").returncode == 0
+    first = {r.info.run_id for r in cli.runs()}
+    proc = cli("-m", "psize=0.3,0.6,0.9")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("skipped: this job FINISHED before") == 2
+    runs = cli.runs()
+    assert len(runs) == 3 and first <= {r.info.run_id for r in runs}
+    assert len({r.data.tags["avlsi.job_key"] for r in runs}) == 3
+
+    assert cli("-m", "psize=0.3", "rerun=true").returncode == 0
+    assert len(cli.runs()) == 4
+    assert cli("psize=0.3").returncode == 0  # a single run always runs
+    assert len(cli.runs()) == 5
