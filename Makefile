@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 5000
 HOST   ?= 127.0.0.1
 
-.PHONY: setup run test lint ui clean-cache clean
+.PHONY: setup run test lint ui report clean-cache clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ lint: setup
 ui: setup
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--artifacts-destination $(CURDIR)/mlartifacts --host $(HOST) --port $(PORT)
+
+# make report EXPERIMENT=cnn_vs_dnn_quick: plots + tables of an experiment -> reports/NAME/
+report: setup
+	$(PY) -m avlsi.report --experiment $(or $(EXPERIMENT),avlsi)
 
 clean-cache: setup
 	$(PY) -m avlsi.store --clear

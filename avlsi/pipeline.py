@@ -20,7 +20,7 @@ from avlsi.data import Dataset
 from avlsi.errors import UserError
 from avlsi.metrics import size_metrics
 from avlsi.models import build_model
-from avlsi.select import prunable_layers, select_units
+from avlsi.select import accepted_layer_types, prunable_layers, select_units
 from avlsi.store import ModelStore, config_key
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ def check_config(cfg: DictConfig) -> None:
             raise UserError(
                 f"{name}.epochs must be >= 0, {name}.batch_size >= 1 and {name}.learning_rate > 0"
             )
+    if "prune" in steps:
+        accepted_layer_types(cfg.criterion)  # a scope the criterion refuses: before any work
     if cfg.criterion.samples < 1:
         raise UserError("criterion.samples must be at least 1")
     if cfg.dataset.limit is not None and cfg.dataset.limit < 1:

@@ -33,8 +33,8 @@ def candidate_layers(model, scope: str) -> list:
     return [lyr for lyr in found if lyr is not first_conv and lyr.name != OUTPUT_LAYER]
 
 
-def prunable_layers(model, criterion) -> list:
-    """The layers `criterion` will score, after checking its scope and layer types."""
+def accepted_layer_types(criterion) -> list[str]:
+    """The layer types the criterion takes in its scope; UserError if it takes none."""
     scope = str(getattr(criterion.scope, "value", criterion.scope))
     accepted = {s: list(types) for s, types in criterion.layer_types.items() if types}
     if scope not in accepted:
@@ -42,7 +42,13 @@ def prunable_layers(model, criterion) -> list:
             f"criterion={criterion.name} does not take criterion.scope={scope}; "
             f"choose one of: {', '.join(accepted)}"
         )
-    types = list(accepted[scope])
+    return accepted[scope]
+
+
+def prunable_layers(model, criterion) -> list:
+    """The layers `criterion` will score, after checking its scope and layer types."""
+    scope = str(getattr(criterion.scope, "value", criterion.scope))
+    types = accepted_layer_types(criterion)
     if scope != "layer":
         layers = [lyr for lyr in candidate_layers(model, scope) if type(lyr).__name__ in types]
         if not layers:

@@ -142,6 +142,7 @@ def test_sweep_runs_every_job_and_a_failing_job_is_failed_not_fatal(cli):
         (["psize=0"], ["psize=0"]),
         (["psize=big"], ["psize=big"]),
         (["stage.steps=[train,finetune]"], ["stage.steps"]),
+        (["criterion=gradient", "criterion.scope=global"], ["scope=global", "layerwise"]),
     ],
 )
 def test_bad_input_is_one_line_before_any_work(cli, overrides, needles):
