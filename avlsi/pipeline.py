@@ -285,10 +285,31 @@ def run_job(
     scope = cfg.criterion.scope.value
     run_name = f"{cfg.model.name}-{cfg.criterion.name}-{scope}-p{cfg.psize}-s{cfg.seed}"
     tags = {"stage": cfg.stage.name, "output_dir": str(output_dir), record.JOB_KEY_TAG: key}
-    with record.mlflow_run(cfg, run_name, tags):
+    with record.mlflow_run(cfg, run_name, tags) as run:
         record.log_config(cfg, {**choices, "scope": scope}, output_dir)
         try:
-            return Job(cfg, output_dir).run()
+            metrics = Job(cfg, output_dir).run()
         except UserError as err:
             mlflow.set_tag("error", str(err))
             raise
+    log.info("%s: %s", run_name, results_line(metrics))
+    log.info(
+        "recorded as MLflow run %s in experiment '%s' (make ui shows it); models in %s",
+        run.info.run_id,
+        cfg.mlflow.experiment,
+        output_dir,
+    )
+    return metrics
+
+
+def results_line(metrics: dict[str, float]) -> str:
+    """Test accuracy and size of each stage that ran, in one line."""
+    stages = [s for s in ("baseline", "pruned", "finetuned") if f"{s}.test_accuracy" in metrics]
+    accuracy = " -> ".join(f"{s} {metrics[f'{s}.test_accuracy']:.2%}" for s in stages)
+    line = f"test accuracy {accuracy}"
+    if stages and stages[-1] != "baseline" and "baseline.params" in metrics:
+        last = stages[-1]
+        for what in ("params", "nonzero_params", "macs"):
+            before, after = metrics["baseline." + what], metrics[f"{last}.{what}"]
+            line += f"; {what} {before:,.0f} -> {after:,.0f} ({after / before:.2f}x)"
+    return line
