@@ -35,8 +35,9 @@ ui: setup
 report: setup
 	$(PY) -m avlsi.report --experiment $(or $(EXPERIMENT),avlsi)
 
+# make clean-cache [STORE=/other/store]: remove every stored baseline and pruned model
 clean-cache: setup
-	$(PY) -m avlsi.store --clear
+	$(PY) -m avlsi.store --clear $(if $(STORE),--dir $(STORE))
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-from avlsi.config import PROJECT_ROOT, register
+from avlsi.config import PROJECT_ROOT, check_config, register
 from avlsi.errors import UserError
 
 log = logging.getLogger("avlsi")
@@ -28,12 +28,13 @@ register()
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def hydra_entry(cfg: DictConfig) -> dict[str, float]:
     """Run the composed job (Hydra calls this once per job of a sweep)."""
-    quiet_tensorflow_import()
-    from avlsi.pipeline import run_job  # TensorFlow loads only when a job really runs
-
     hydra_cfg = HydraConfig.get()
     choices = {group: str(hydra_cfg.runtime.choices.get(group)) for group in GROUPS}
     try:
+        check_config(cfg)  # before TensorFlow loads: a mistake is reported at once
+        quiet_tensorflow_import()
+        from avlsi.pipeline import run_job  # TensorFlow loads only when a job really runs
+
         sweeping = hydra_cfg.mode == RunMode.MULTIRUN
         output_dir = Path(hydra_cfg.runtime.output_dir)
         return run_job(cfg, output_dir, choices, skip_finished=sweeping and not cfg.rerun)

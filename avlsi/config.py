@@ -11,7 +11,9 @@ from enum import Enum, StrEnum
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from avlsi.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,3 +161,36 @@ def register() -> None:
     cs.store(group="schema/dataset", name="synthetic", node=SyntheticConfig)
     cs.store(group="schema/criterion", name="criterion", node=CriterionConfig)
     cs.store(group="schema/stage", name="stage", node=StageConfig)
+
+
+def steps_of(cfg: DictConfig) -> list[str]:
+    return [str(getattr(s, "value", s)) for s in cfg.stage.steps]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse values the schema cannot express, before any work starts."""
+    if not 0 < cfg.psize < 1:
+        raise UserError(f"psize={cfg.psize} is outside (0, 1); pass a fraction such as psize=0.3")
+    steps = steps_of(cfg)
+    if not steps or "".join(s[0] for s in steps) not in "tpf":
+        raise UserError(
+            f"stage.steps={steps} must be a run of train, prune, finetune in that order"
+        )
+    for name in ("train", "finetune"):
+        section = cfg[name]
+        if section.epochs < 0 or section.batch_size < 1 or section.learning_rate <= 0:
+            raise UserError(
+                f"{name}.epochs must be >= 0, {name}.batch_size >= 1 and {name}.learning_rate > 0"
+            )
+    if "prune" in steps:
+        from avlsi.select import accepted_layer_types  # numpy only: no TensorFlow yet
+
+        accepted_layer_types(cfg.criterion)  # a scope the criterion refuses: before any work
+    if cfg.criterion.samples < 1:
+        raise UserError("criterion.samples must be at least 1")
+    if cfg.dataset.limit is not None and cfg.dataset.limit < 1:
+        raise UserError("dataset.limit must be at least 1 (or null for the whole training set)")
+    if cfg.criterion.threshold is not None and cfg.criterion.structured:
+        raise UserError(
+            f"criterion.threshold applies to criterion=magnitude only, not {cfg.criterion.name}"
+        )

@@ -15,12 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 
 import avlsi  # noqa: F401
 from avlsi import masking, record, train
+from avlsi.config import check_config, steps_of
 from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.data import Dataset
 from avlsi.errors import UserError
 from avlsi.metrics import size_metrics
 from avlsi.models import build_model
-from avlsi.select import accepted_layer_types, prunable_layers, select_units
+from avlsi.select import prunable_layers, select_units
 from avlsi.store import ModelStore, config_key
 
 log = logging.getLogger(__name__)
@@ -62,37 +63,6 @@ def job_key(cfg: DictConfig) -> str:
     parts = {k: v for k, v in _plain(cfg).items() if k not in NOT_IN_JOB_KEY}
     parts.update(tensorflow=tf.__version__, tf_keras=tf_keras.__version__, avlsi=avlsi.__version__)
     return config_key("job", parts)
-
-
-def steps_of(cfg: DictConfig) -> list[str]:
-    return [str(getattr(s, "value", s)) for s in cfg.stage.steps]
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Refuse values the schema cannot express, before any work starts."""
-    if not 0 < cfg.psize < 1:
-        raise UserError(f"psize={cfg.psize} is outside (0, 1); pass a fraction such as psize=0.3")
-    steps = steps_of(cfg)
-    if not steps or "".join(s[0] for s in steps) not in "tpf":
-        raise UserError(
-            f"stage.steps={steps} must be a run of train, prune, finetune in that order"
-        )
-    for name in ("train", "finetune"):
-        section = cfg[name]
-        if section.epochs < 0 or section.batch_size < 1 or section.learning_rate <= 0:
-            raise UserError(
-                f"{name}.epochs must be >= 0, {name}.batch_size >= 1 and {name}.learning_rate > 0"
-            )
-    if "prune" in steps:
-        accepted_layer_types(cfg.criterion)  # a scope the criterion refuses: before any work
-    if cfg.criterion.samples < 1:
-        raise UserError("criterion.samples must be at least 1")
-    if cfg.dataset.limit is not None and cfg.dataset.limit < 1:
-        raise UserError("dataset.limit must be at least 1 (or null for the whole training set)")
-    if cfg.criterion.threshold is not None and cfg.criterion.structured:
-        raise UserError(
-            f"criterion.threshold applies to criterion=magnitude only, not {cfg.criterion.name}"
-        )
 
 
 def _command(cfg: DictConfig, stage: str) -> str:
@@ -170,16 +140,7 @@ class Job:
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
             self.check_prunable(model)  # a bad layer name fails before any training
             mlflow.set_tag("baseline.source", "trained")
-            tf.keras.utils.set_random_seed(cfg.seed)
-            train.fit(
-                model,
-                self.data,
-                cfg.train,
-                verbose=cfg.verbose,
-                callbacks=[train.EpochLogger("train", record.log_metrics)],
-            )
-            self.measure(model, "baseline")
-            record.log_model_file(_save(model, self.output_dir, "baseline"))
+            self.fit_and_record(model, "train", "baseline")
             self.store.put(BASELINES, key, model, {"metrics": self.metrics})
             return model
 
@@ -231,19 +192,22 @@ class Job:
         return model, masked
 
     def finetune(self, model, masked: list[str]) -> None:
-        cfg = self.cfg
         if masked:
             masking.apply_masks(model, masking.masks_from_zeros(model, masked))
-        tf.keras.utils.set_random_seed(cfg.seed)
+        self.fit_and_record(model, "finetune", "finetuned")
+
+    def fit_and_record(self, model, phase: str, prefix: str) -> None:
+        """Train with the `phase` section's settings; log its curves, size and model file."""
+        tf.keras.utils.set_random_seed(self.cfg.seed)
         train.fit(
             model,
             self.data,
-            cfg.finetune,
-            verbose=cfg.verbose,
-            callbacks=[train.EpochLogger("finetune", record.log_metrics)],
+            self.cfg[phase],
+            verbose=self.cfg.verbose,
+            callbacks=[train.EpochLogger(phase, record.log_metrics)],
         )
-        self.measure(model, "finetuned")
-        record.log_model_file(_save(model, self.output_dir, "finetuned"))
+        self.measure(model, prefix)
+        record.log_model_file(_save(model, self.output_dir, prefix))
 
     def run(self) -> dict[str, float]:
         self.data = load_data(self.cfg)

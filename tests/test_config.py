@@ -115,7 +115,7 @@ def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml")))
 def test_every_job_of_every_named_study_is_a_valid_config(name):
-    from avlsi.pipeline import check_config
+    from avlsi.config import check_config
 
     jobs = study_jobs(name)
     assert jobs
