@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
+from typing import ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -51,6 +52,7 @@ class DatasetConfig:
     path: str | None = None
     limit: int | None = None  # at most this many training examples
     test_limit: int | None = None  # at most this many test examples (default: all)
+    path_example: ClassVar[str | None] = None  # set: dataset.path is required (an example)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class MnistConfig(DatasetConfig):
 
 @dataclass
 class Fer2013Config(DatasetConfig):
+    path_example: ClassVar[str | None] = "/path/to/train.csv"  # required: the user's own file
     _target_: str = "avlsi.data.fer2013.load"
     name: str = "fer2013"
     test_fraction: float = 0.1  # held out when the CSV has no Usage column
@@ -167,8 +170,21 @@ def steps_of(cfg: DictConfig) -> list[str]:
     return [str(getattr(s, "value", s)) for s in cfg.stage.steps]
 
 
+def check_dataset(dataset: DictConfig) -> None:
+    """A dataset that needs a file has one, and a given dataset.path exists."""
+    path = dataset.path
+    if path is None:
+        example = getattr(OmegaConf.get_type(dataset), "path_example", None)
+        if example:
+            raise UserError(f"dataset={dataset.name} needs dataset.path={example}")
+        return
+    if not Path(path).expanduser().exists():
+        raise UserError(f"dataset.path={path} does not exist; pass the path of your data file")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse values the schema cannot express, before any work starts."""
+    check_dataset(cfg.dataset)
     if not 0 < cfg.psize < 1:
         raise UserError(f"psize={cfg.psize} is outside (0, 1); pass a fraction such as psize=0.3")
     steps = steps_of(cfg)

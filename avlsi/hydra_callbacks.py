@@ -19,11 +19,14 @@ class SweepHooks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Create the sqlite schema and the experiment once, before parallel jobs race
         # for them ("database is locked", schema migration run twice).
+        from avlsi.config import check_dataset
         from avlsi.errors import UserError
         from avlsi.record import ensure_experiment
 
         try:
             check_shared_tracking(config)
+            if not any(key.startswith("dataset") for key in swept_keys(config)):
+                check_dataset(config.dataset)  # once, instead of once per job
         except UserError as err:  # Hydra turns callback exceptions into warnings: stop here
             print(f"avlsi: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -42,6 +45,16 @@ class SweepHooks(Callback):
             print(f"avlsi: no report written: {err}", file=sys.stderr)
             return
         print(result.summary())
+
+
+def swept_keys(config: DictConfig) -> set[str]:
+    """The keys a sweep varies: its sweeper's params and the command line's a,b / range(...)."""
+    keys = set(config.hydra.sweeper.get("params") or {})
+    for override in config.hydra.overrides.task:
+        key, _, value = str(override).partition("=")
+        if "," in value or value.startswith(("range(", "choice(", "interval(", "glob(")):
+            keys.add(key.lstrip("+~"))
+    return keys
 
 
 def runs_on_other_machines(config: DictConfig) -> bool:

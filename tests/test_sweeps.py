@@ -131,3 +131,12 @@ def test_a_sweep_run_again_only_runs_what_is_missing(cli):
     assert len(cli.runs()) == 4
     assert cli("psize=0.3").returncode == 0  # a single run always runs
     assert len(cli.runs()) == 5
+
+
+def test_a_sweep_without_its_data_file_stops_once_before_any_job(cli):
+    proc = cli("-m", "dataset=fer2013", "model=fer_cnn", "psize=0.1,0.2", tiny=False)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == ["avlsi: error: dataset=fer2013 needs dataset.path=/path/to/train.csv"]
+    assert cli.runs() == []
+    assert not list(cli.tmp.glob("sweep*/0"))
