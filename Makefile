@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 # benchmarks/bench_magnitude.py compares with TF Model Optimization (the bench extra)
 setup-bench: setup
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]'
+	@echo "setup-bench: done (pip's complaints about kerassurgeon's old pins are expected)"
 
 run: setup
 	$(PY) run.py
