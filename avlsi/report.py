@@ -237,14 +237,18 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return table[order].reset_index()
 
 
-def pareto_front(size: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
-    """True where no other point has size <= and accuracy >= (one strictly better)."""
+def pareto_front(size: np.ndarray, accuracy: np.ndarray, rtol: float = 1e-3) -> np.ndarray:
+    """True where no other point has size <= and accuracy >= (one strictly better).
+
+    Sizes within `rtol` of each other count as equal: runs of one psize differ by a few
+    weights that happen to be exactly zero, which must not make a worse point optimal.
+    """
     size, accuracy = np.asarray(size, float), np.asarray(accuracy, float)
     valid = np.isfinite(size) & np.isfinite(accuracy)
     front = valid.copy()
     for i in np.flatnonzero(valid):
-        no_bigger = valid & (size <= size[i]) & (accuracy >= accuracy[i])
-        better = no_bigger & ((size < size[i]) | (accuracy > accuracy[i]))
+        no_bigger = valid & (size <= size[i] * (1 + rtol)) & (accuracy >= accuracy[i])
+        better = no_bigger & ((size < size[i] * (1 - rtol)) | (accuracy > accuracy[i]))
         front[i] = not better.any()
     return front
 

@@ -299,6 +299,15 @@ def test_pareto_front_keeps_the_best_accuracy_for_its_size():
     assert pareto_front(size, accuracy).tolist() == [False, True, False, True, False, True, False]
 
 
+def test_pareto_sizes_a_few_zero_weights_apart_count_as_equal():
+    # One psize, three criteria: random keeps 2 fewer non-zero weights out of 20,000
+    # (0.01%) but is far less accurate; it is not the best accuracy for its size.
+    size = [0.13690, 0.13689, 0.13680]
+    accuracy = [0.42, 0.56, 0.37]
+    assert pareto_front(size, accuracy).tolist() == [False, True, False]
+    assert pareto_front([0.10, 0.137], [0.37, 0.56]).tolist() == [True, True]
+
+
 def test_report_run_holds_the_files(store, tmp_path):
     result = make_report(store, EXPERIMENT, tmp_path / "out")
     client = MlflowClient(store)
