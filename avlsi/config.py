@@ -152,10 +152,21 @@ class Config:
     rerun: bool = False  # a sweep skips jobs already FINISHED with this config; True: run again
 
 
-def register() -> None:
-    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+def register_resolvers() -> None:
+    """`${avlsi_root:}`: the project folder, for paths in conf/ (idempotent)."""
     if not OmegaConf.has_resolver("avlsi_root"):
         OmegaConf.register_new_resolver("avlsi_root", lambda: str(PROJECT_ROOT))
+
+
+def configured_default(key: str) -> str:
+    """A value of conf/config.yaml, resolved: the one source of the helper tools' defaults."""
+    register_resolvers()
+    return str(OmegaConf.select(OmegaConf.load(PROJECT_ROOT / "conf" / "config.yaml"), key))
+
+
+def register() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="schema/model", name="stack", node=ModelConfig)

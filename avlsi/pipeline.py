@@ -55,7 +55,7 @@ def pruned_key(cfg: DictConfig) -> str:
 
 
 # Config sections that say where results go or how they look, not what is computed.
-NOT_IN_JOB_KEY = ("mlflow", "store", "report", "verbose", "rerun", "hydra")
+NOT_IN_JOB_KEY = ("mlflow", "store", "report", "verbose", "rerun")
 
 
 def job_key(cfg: DictConfig) -> str:

@@ -37,7 +37,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from avlsi.config import PROJECT_ROOT
+from avlsi.config import PROJECT_ROOT, configured_default
 from avlsi.errors import UserError
 from avlsi.record import sqlite_path
 
@@ -80,10 +80,6 @@ class ReportResult:
 
 
 # ---------------------------------------------------------------- reading the runs
-
-
-def default_tracking_uri() -> str:
-    return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
 def local_store(tracking_uri: str) -> Path | None:
@@ -520,10 +516,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tracking-uri",
-        default=default_tracking_uri(),
+        default=configured_default("mlflow.tracking_uri"),
         help="MLflow tracking URI (default: %(default)s)",
     )
-    parser.add_argument("--experiment", default="avlsi", help="experiment name (default: avlsi)")
+    parser.add_argument(
+        "--experiment",
+        default=configured_default("mlflow.experiment"),
+        help="experiment name (default: %(default)s)",
+    )
     parser.add_argument(
         "--out",
         type=Path,

@@ -99,10 +99,12 @@ class ModelStore:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from avlsi.config import PROJECT_ROOT
+    from avlsi.config import configured_default
 
     parser = argparse.ArgumentParser(prog="python -m avlsi.store", description=__doc__)
-    parser.add_argument("--dir", default=str(PROJECT_ROOT / ".avlsi" / "store"))
+    parser.add_argument(
+        "--dir", default=configured_default("store.dir"), help="default: %(default)s"
+    )
     parser.add_argument("--clear", action="store_true", help="remove every stored model")
     args = parser.parse_args(argv)
     store = ModelStore(args.dir)

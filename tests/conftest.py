@@ -27,6 +27,31 @@ TINY = [
 ]
 
 
+def stack_config(name: str, conv_filters: list[int], dense_units: list[int]):
+    """A model config with the schema's defaults for everything but the layer sizes."""
+    from omegaconf import OmegaConf
+
+    from avlsi.config import ModelConfig
+
+    return OmegaConf.structured(
+        ModelConfig(name=name, conv_filters=conv_filters, dense_units=dense_units)
+    )
+
+
+def assert_one_line_error(proc, *needles: str, code: int | None = None) -> None:
+    """Failed (with `code`, if given): one `avlsi: error:` line naming every needle."""
+    if code is None:
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+    else:
+        assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("avlsi: error:"), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
 class Cli:
     """Runs `python run.py ...` in a subprocess with every path under one tmp folder."""
 

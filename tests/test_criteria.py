@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import stack_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -174,17 +175,7 @@ def test_conv_activation_scores_with_known_filters():
     np.testing.assert_allclose(grads, [1.0, 0.0, 2.0], rtol=1e-6)
 
 
-CONV = OmegaConf.create(
-    {
-        "name": "cnn",
-        "conv_filters": [3, 4],
-        "dense_units": [],
-        "kernel_size": 3,
-        "pool_every": 2,
-        "batch_norm": False,
-        "dropout": 0.0,
-    }
-)
+CONV = stack_config("cnn", [3, 4], [])
 
 
 def random_conv(seed: int = 3):
@@ -328,28 +319,8 @@ def test_global_ranks_rms_scaled_scores_and_keeps_one_unit_per_layer():
 
 # --- which layers, scopes and layer types each criterion accepts ------------------------------
 
-SEED_CNN = OmegaConf.create(
-    {
-        "name": "cnn",
-        "conv_filters": [4, 4, 8, 8],
-        "dense_units": [8],
-        "kernel_size": 3,
-        "pool_every": 2,
-        "batch_norm": False,
-        "dropout": 0.0,
-    }
-)
-SEED_DNN = OmegaConf.create(
-    {
-        "name": "dnn",
-        "conv_filters": [],
-        "dense_units": [16, 8],
-        "kernel_size": 3,
-        "pool_every": 2,
-        "batch_norm": False,
-        "dropout": 0.0,
-    }
-)
+SEED_CNN = stack_config("cnn", [4, 4, 8, 8], [8])
+SEED_DNN = stack_config("dnn", [], [16, 8])
 
 
 def test_every_criterion_yaml_names_its_scorer_and_scopes():

@@ -3,22 +3,13 @@
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 
 METRICS = [
     f"{stage}.{what}"
     for stage in ("baseline", "pruned", "finetuned")
     for what in ("test_accuracy", "params", "nonzero_params", "macs")
 ]
-
-
-def assert_one_line_error(proc, *needles: str) -> None:
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("avlsi: error:"), lines[0]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import assert_one_line_error
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -349,7 +350,7 @@ def test_unknown_experiment_is_one_line_listing_the_experiments(store, tmp_path)
         str(tmp_path / "out"),
         cwd=tmp_path,
     )
-    assert_one_line_error(proc, "no experiment 'nope'", EXPERIMENT, "no-pruning-runs")
+    assert_one_line_error(proc, "no experiment 'nope'", EXPERIMENT, "no-pruning-runs", code=2)
     assert not (tmp_path / "out").exists()
 
 
@@ -369,7 +370,8 @@ def test_bad_input_is_one_line(store, tmp_path, capsys, args, needles):
     with pytest.raises(SystemExit) as exit_info:
         main(["--tracking-uri", store, "--out", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err
-    assert_one_line_error(subprocess.CompletedProcess([], exit_info.value.code, "", err), *needles)
+    exited = subprocess.CompletedProcess([], exit_info.value.code, "", err)
+    assert_one_line_error(exited, *needles, code=2)
     assert not (tmp_path / "out").exists()
 
 
@@ -378,15 +380,5 @@ def test_missing_store_is_one_line_and_creates_nothing(tmp_path):
     proc = report_cli(
         "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out"), cwd=tmp_path
     )
-    assert_one_line_error(proc, str(db))
+    assert_one_line_error(proc, str(db), code=2)
     assert not db.exists() and not db.parent.exists()
-
-
-def assert_one_line_error(proc, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("avlsi: error:"), lines[0]
-    for needle in needles:
-        assert needle in lines[0], lines[0]

@@ -2,23 +2,14 @@
 
 import numpy as np
 import pytest
+from conftest import stack_config
 from omegaconf import OmegaConf
 
 import avlsi.surgery as surgery
 from avlsi.metrics import count_macs, count_params
 from avlsi.models.stack import build
 
-CNN = OmegaConf.create(
-    {
-        "name": "cnn",
-        "conv_filters": [4, 6, 8, 8],
-        "dense_units": [10],
-        "kernel_size": 3,
-        "pool_every": 2,
-        "batch_norm": False,
-        "dropout": 0.0,
-    }
-)
+CNN = stack_config("cnn", [4, 6, 8, 8], [10])
 
 
 def zero_units(model, units):
