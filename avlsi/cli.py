@@ -34,10 +34,18 @@ def hydra_entry(cfg: DictConfig) -> dict[str, float]:
         check_config(cfg)  # before TensorFlow loads: a mistake is reported at once
         quiet_tensorflow_import()
         from avlsi.pipeline import run_job  # TensorFlow loads only when a job really runs
+        from avlsi.record import sweep_parent
 
         sweeping = hydra_cfg.mode == RunMode.MULTIRUN
         output_dir = Path(hydra_cfg.runtime.output_dir)
-        return run_job(cfg, output_dir, choices, skip_finished=sweeping and not cfg.rerun)
+        return run_job(
+            cfg,
+            output_dir,
+            choices,
+            skip_finished=sweeping and not cfg.rerun,
+            parent_run_id=sweep_parent(Path(hydra_cfg.sweep.dir)) if sweeping else None,
+            overrides=list(hydra_cfg.overrides.task),
+        )
     except UserError as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             print(f"avlsi: error: {err}", file=sys.stderr)

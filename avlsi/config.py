@@ -52,6 +52,10 @@ class DatasetConfig:
     path: str | None = None
     limit: int | None = None  # at most this many training examples
     test_limit: int | None = None  # at most this many test examples (default: all)
+    # Held out of the training data for validation (selection, Pareto marks), with a fixed
+    # split that does not depend on `seed`; loaders with their own split (FER2013's Usage
+    # column) use theirs.
+    val_fraction: float = 0.1
     path_example: ClassVar[str | None] = None  # set: dataset.path is required (an example)
 
 
@@ -95,6 +99,7 @@ class CriterionConfig:
     structured: bool = True  # False: zero single weights instead of removing units
     samples: int = 256  # training images shown to data-driven criteria
     threshold: float | None = None  # magnitude only: zero |w| < threshold instead of psize
+    prunes: bool = True  # False: the `none` control (no unit removed, psize ignored)
     layer_types: dict[str, list[str]] = field(
         default_factory=lambda: {
             "layer": ["Conv2D", "Dense"],
@@ -115,6 +120,17 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 128
     learning_rate: float = 1e-3
+
+
+class FinetuneInit(StrEnum):
+    pruned = "pruned"  # fine-tune the pruned model's kept weights
+    scratch = "scratch"  # re-initialise the pruned architecture, train epochs + train.epochs
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    epochs: int = 1
+    init: FinetuneInit = FinetuneInit.pruned
 
 
 @dataclass
@@ -144,7 +160,7 @@ class Config:
     psize: float = 0.3
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -213,6 +229,10 @@ def check_config(cfg: DictConfig) -> None:
         from avlsi.select import accepted_layer_types  # numpy only: no TensorFlow yet
 
         accepted_layer_types(cfg.criterion)  # a scope the criterion refuses: before any work
+    if not 0 <= cfg.dataset.val_fraction < 1:
+        raise UserError(
+            f"dataset.val_fraction={cfg.dataset.val_fraction} must be in [0, 1), e.g. 0.1"
+        )
     if cfg.criterion.samples < 1:
         raise UserError("criterion.samples must be at least 1")
     if cfg.dataset.limit is not None and cfg.dataset.limit < 1:

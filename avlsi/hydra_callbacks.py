@@ -31,8 +31,28 @@ class SweepHooks(Callback):
             print(f"avlsi: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         ensure_experiment(config.mlflow.tracking_uri, config.mlflow.experiment)
+        self.start_parent(config)
+
+    def start_parent(self, config: DictConfig) -> None:
+        """The sweep's parent run: the runs table groups the jobs under it."""
+        import atexit
+
+        from avlsi.record import end_sweep_run, start_sweep_run
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        label = config.hydra.runtime.choices.get("experiment") or "sweep"
+        name = f"{label} {sweep_dir.parent.name} {sweep_dir.name}"
+        uri = config.mlflow.tracking_uri
+        self.parent_run_id = start_sweep_run(uri, config.mlflow.experiment, name, sweep_dir)
+        # A failing job ends the sweep without on_multirun_end: the parent must not stay RUNNING.
+        atexit.register(end_sweep_run, uri, self.parent_run_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        parent = getattr(self, "parent_run_id", None)
+        if parent:
+            from avlsi.record import end_sweep_run
+
+            end_sweep_run(config.mlflow.tracking_uri, parent)
         if not config.report.after_sweep:
             return
         from avlsi.errors import UserError

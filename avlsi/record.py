@@ -66,6 +66,43 @@ def find_finished(tracking_uri: str, experiment: str, key: str):
     return runs[0] if runs else None
 
 
+SWEEP_TAG = "avlsi.sweep"
+PARENT_TAG = "mlflow.parentRunId"
+PARENT_FILE = ".avlsi_parent_run"  # in a sweep's folder: the id of the sweep's parent run
+UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
+
+
+def runs_table_url(tracking_uri: str, experiment_id: str) -> str:
+    """The address of the experiment's runs table (MLflow 3.17 opens a GenAI view otherwise)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def start_sweep_run(tracking_uri: str, experiment: str, name: str, sweep_dir: Path) -> str:
+    """Create the parent run of a sweep (not the active run) and leave its id for the jobs."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = ensure_experiment(tracking_uri, experiment)
+    run = client.create_run(experiment_id, run_name=name, tags={SWEEP_TAG: "true"})
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
+    return run.info.run_id
+
+
+def sweep_parent(sweep_dir: Path) -> str | None:
+    """The parent run id a sweep's jobs attach to (written by `start_sweep_run`), else None."""
+    try:
+        return (sweep_dir / PARENT_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def end_sweep_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """End the sweep's parent run (once: a second call is a no-op)."""
+    client = MlflowClient(tracking_uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status)
+
+
 def flatten(cfg: DictConfig) -> dict[str, Any]:
     """`a.b.c -> value` for every leaf of the resolved config."""
     flat: dict[str, Any] = {}
@@ -90,14 +127,70 @@ def mlflow_run(cfg: DictConfig, run_name: str, tags: dict[str, str]):
         yield run
 
 
+def job_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
+    """What a user chose and set, as MLflow params: the group options, then every config
+    value that changes results, without internals (`_target_`, `name`, `layer_types`,
+    `stage.steps`) and with the data file's name instead of its absolute path."""
+    from avlsi.keys import NOT_IN_JOB_KEY, effective_psize
+
+    params: dict[str, Any] = dict(choices)
+    for key, value in flatten(cfg).items():
+        section, last = key.partition(".")[0], key.rpartition(".")[2]
+        if section in NOT_IN_JOB_KEY or last in ("_target_", "name"):
+            continue
+        if key.startswith(("criterion.layer_types", "stage.steps")):
+            continue
+        if key == "dataset.path":
+            key, value = "dataset.file", None if value is None else Path(str(value)).name
+        params[key] = value
+    params["psize"] = effective_psize(cfg)
+    return params
+
+
 def log_config(cfg: DictConfig, choices: dict[str, str], output_dir: Path) -> None:
-    """Params: the flattened config plus the chosen option of each group; the YAML itself."""
-    params = {k: v for k, v in flatten(cfg).items() if not k.startswith("hydra")}
-    params.update(choices)
+    """Params (see `job_params`); the whole resolved config as an artifact."""
+    params = job_params(cfg, choices)
     mlflow.log_params({k: "None" if v is None else v for k, v in params.items()})
     config_file = output_dir / "config.yaml"
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     mlflow.log_artifact(str(config_file))
+
+
+def log_dataset(data, name: str, digest: str) -> None:
+    """The dataset as MLflow inputs, one per split (train / validation / test), with sizes."""
+    from mlflow.data import from_numpy
+
+    splits = {
+        "train": (data.x_train, data.y_train),
+        "validation": (data.x_val, data.y_val),
+        "test": (data.x_test, data.y_test),
+    }
+    for context, (x, y) in splits.items():
+        if y is None or not len(y):
+            continue
+        mlflow.log_input(
+            from_numpy(x, targets=y, name=f"{name}-{context}", digest=digest), context=context
+        )
+
+
+def log_keras_model(model, name: str = "model") -> None:
+    """A tf-keras model as an MLflow model with its input/output signature (Models tab)."""
+    import mlflow.tensorflow
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    def spec(tensor) -> Schema:
+        return Schema([TensorSpec(np.dtype("float32"), (-1, *tensor.shape[1:]))])
+
+    signature = ModelSignature(inputs=spec(model.inputs[0]), outputs=spec(model.outputs[0]))
+    import tensorflow as tf
+    import tf_keras
+
+    requirements = [f"tensorflow=={tf.__version__}", f"tf-keras=={tf_keras.__version__}"]
+    mlflow.tensorflow.log_model(
+        model, name=name, signature=signature, pip_requirements=requirements
+    )
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

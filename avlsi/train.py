@@ -45,11 +45,12 @@ def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None):
     )
 
 
-def evaluate(model, data, batch_size: int = 512) -> float:
-    """Test-set accuracy in [0, 1]."""
+def evaluate(model, data, batch_size: int = 512, split: str = "test") -> float:
+    """Accuracy in [0, 1] on the test (or `split="val"`: validation) set."""
     if not model.compiled_loss:
         compile_model(model, 1e-3)
-    _, accuracy = model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0)
+    x, y = (data.x_val, data.y_val) if split == "val" else (data.x_test, data.y_test)
+    _, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
     return float(accuracy)
 
 
