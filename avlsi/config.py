@@ -21,8 +21,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Which units compete when scores are ranked: `layer` (one named layer, criterion.layer),
 # `layerwise` (every prunable layer loses psize of its units), `global` (all prunable units
-# ranked together after per-layer RMS scaling). Functional form: `global` is a keyword.
+# ranked together after per-layer scaling, criterion.normalize). Functional form: `global` is
+# a keyword.
 Scope = Enum("Scope", {"layer": "layer", "layerwise": "layerwise", "global": "global"}, type=str)
+
+
+class Normalize(StrEnum):
+    """How scope=global scales each layer's scores before ranking them together."""
+
+    rms = "rms"  # divide by the root mean square (the original AVLSI code)
+    l2 = "l2"  # divide by the L2 norm (Molchanov et al. 2017)
+    max = "max"  # divide by the largest |score|
+    mean = "mean"  # divide by the mean |score|
+    none = "none"  # raw scores
 
 
 class Step(StrEnum):
@@ -100,6 +111,8 @@ class CriterionConfig:
     samples: int = 256  # training images shown to data-driven criteria
     threshold: float | None = None  # magnitude only: zero |w| < threshold instead of psize
     prunes: bool = True  # False: the `none` control (no unit removed, psize ignored)
+    normalize: Normalize = Normalize.rms  # scope=global: per-layer scaling before ranking
+    min_units: int = 1  # every layer keeps at least this many units (magnitude: weights)
     layer_types: dict[str, list[str]] = field(
         default_factory=lambda: {
             "layer": ["Conv2D", "Dense"],
@@ -197,6 +210,20 @@ def steps_of(cfg: DictConfig) -> list[str]:
     return [str(getattr(s, "value", s)) for s in cfg.stage.steps]
 
 
+def effective_psize(cfg: DictConfig) -> float | None:
+    """The psize the job uses; None where psize means nothing.
+
+    None for criterion=none (no pruning) and for criterion.threshold (magnitude zeroes every
+    |w| below it, whatever psize says); keys, run names and params use this, not cfg.psize.
+    """
+    criterion = cfg.criterion
+    if criterion.name == "none" or OmegaConf.select(criterion, "prunes", default=True) is False:
+        return None
+    if OmegaConf.select(criterion, "threshold", default=None) is not None:
+        return None
+    return float(cfg.psize)
+
+
 def check_dataset(dataset: DictConfig) -> None:
     """A dataset that needs a file has one, and a given dataset.path exists."""
     path = dataset.path
@@ -235,6 +262,11 @@ def check_config(cfg: DictConfig) -> None:
         )
     if cfg.criterion.samples < 1:
         raise UserError("criterion.samples must be at least 1")
+    if cfg.criterion.min_units < 1:
+        raise UserError(
+            f"criterion.min_units={cfg.criterion.min_units} must be at least 1 "
+            "(no layer may lose all its units)"
+        )
     if cfg.dataset.limit is not None and cfg.dataset.limit < 1:
         raise UserError("dataset.limit must be at least 1 (or null for the whole training set)")
     if cfg.criterion.threshold is not None and cfg.criterion.structured:

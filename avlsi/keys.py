@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import avlsi
+from avlsi.config import effective_psize
 
 # Config sections that say where results go or how they look, not what is computed.
 NOT_IN_JOB_KEY = ("mlflow", "store", "report", "verbose", "rerun", "task", "hydra")
@@ -113,14 +114,6 @@ def data_fingerprint(dataset: DictConfig) -> str:
     if path.is_file():
         return file_fingerprint(path)[:16]
     return "missing"
-
-
-def effective_psize(cfg: DictConfig) -> float | None:
-    """psize, or None where it decides nothing: no pruning, or magnitude with a threshold."""
-    criterion = cfg.criterion
-    if not criterion.get("prunes", True) or criterion.get("threshold") is not None:
-        return None
-    return float(cfg.psize)
 
 
 def _plain(node: Any) -> Any:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import avlsi  # noqa: F401
 from avlsi import masking, record, train
-from avlsi.config import check_config, steps_of
+from avlsi.config import check_config, effective_psize, steps_of
 from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.data import Dataset, hold_out_validation
 from avlsi.errors import UserError
@@ -23,7 +23,6 @@ from avlsi.keys import (
     baseline_key,
     code_fingerprint,
     data_fingerprint,
-    effective_psize,
     git_commit,
     group_key,
     job_key,
@@ -163,7 +162,9 @@ class Job:
             heading(f"scoring units with {criterion.name} ({len(layers)} layers)")
             context = self.scoring_context()
             scores = get_scorer(criterion)(model, layers, context)
-            units = select_units(scores, criterion.scope, cfg.psize)
+            units = select_units(
+                scores, criterion.scope, cfg.psize, criterion.normalize, criterion.min_units
+            )
             mlflow.log_dict({k: v for k, v in units.items()}, "pruned_units.json")
             removed = sum(len(v) for v in units.values())
             heading(f"surgery: removing {removed} units from {len(units)} layers")
@@ -178,6 +179,8 @@ class Job:
                 criterion.scope,
                 cfg.psize,
                 criterion.threshold,
+                criterion.normalize,
+                criterion.min_units,
             )
             masking.apply_masks(pruned, masks)
             masked = list(masks)

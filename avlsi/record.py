@@ -131,7 +131,8 @@ def job_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     """What a user chose and set, as MLflow params: the group options, then every config
     value that changes results, without internals (`_target_`, `name`, `layer_types`,
     `stage.steps`) and with the data file's name instead of its absolute path."""
-    from avlsi.keys import NOT_IN_JOB_KEY, effective_psize
+    from avlsi.config import effective_psize
+    from avlsi.keys import NOT_IN_JOB_KEY
 
     params: dict[str, Any] = dict(choices)
     for key, value in flatten(cfg).items():
