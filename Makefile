@@ -32,7 +32,11 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Prints each experiment's runs-table address (MLflow 3.17 opens a GenAI view otherwise).
 ui: setup
+	@echo "MLflow UI on http://$(HOST):$(PORT); the runs tables:"
+	@$(PY) -c 'from avlsi.record import print_runs_urls as p; p("sqlite:///$(CURDIR)/mlflow.db")' \
+		| sed 's#127.0.0.1:5000#$(HOST):$(PORT)#'
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--artifacts-destination $(CURDIR)/mlartifacts --host $(HOST) --port $(PORT)
 

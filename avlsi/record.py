@@ -78,6 +78,21 @@ def runs_table_url(tracking_uri: str, experiment_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def print_runs_urls(tracking_uri: str) -> None:
+    """Print each experiment's runs-table address (what `make ui` shows before it starts)."""
+    db = sqlite_path(tracking_uri)
+    found = (
+        []
+        if db is not None and not db.exists()
+        else MlflowClient(tracking_uri).search_experiments()
+    )
+    found = [exp for exp in found if exp.name != "Default"]
+    for exp in found:
+        print(f"  {exp.name}: {runs_table_url(tracking_uri, exp.experiment_id)}")
+    if not found:
+        print(f"  (no experiments yet in {tracking_uri}: run `make run` first)")
+
+
 def start_sweep_run(tracking_uri: str, experiment: str, name: str, sweep_dir: Path) -> str:
     """Create the parent run of a sweep (not the active run) and leave its id for the jobs."""
     client = MlflowClient(tracking_uri)
