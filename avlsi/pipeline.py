@@ -340,9 +340,19 @@ def run_job(
         cfg.mlflow.experiment,
         output_dir,
     )
-    local = not cfg.mlflow.tracking_uri.startswith(("http://", "https://"))
-    log.info("runs table: %s%s", url, " (after `make ui`)" if local else "")
+    log.info("runs table: %s%s", url, _ui_hint(cfg.mlflow.tracking_uri))
     return metrics
+
+
+def _ui_hint(tracking_uri: str) -> str:
+    """How to start the UI that serves `tracking_uri` locally ('' for a server)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return ""
+    from avlsi.config import PROJECT_ROOT
+
+    if record.sqlite_path(tracking_uri) == PROJECT_ROOT / "mlflow.db":
+        return " (after `make ui`)"
+    return f" (after `mlflow server --backend-store-uri {tracking_uri}`)"
 
 
 def results_line(metrics: dict[str, float]) -> str:
