@@ -278,15 +278,25 @@ def unpruned_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[tuple[str, f
 
 
 def _plot_series(ax, rows: pd.DataFrame, size: str, accuracy: str, style: dict, label: str):
+    """One series' mean line and ±1 std band; returns its points (x, y, psize label)."""
     rows = rows.dropna(subset=[f"{size}_mean", f"{accuracy}_mean"]).sort_values(f"{size}_mean")
     x, y = rows[f"{size}_mean"], rows[f"{accuracy}_mean"]
     spread = rows[f"{accuracy}_std"].fillna(0.0)
     ax.plot(x, y, label=label, linewidth=2, markersize=5, **style)
     ax.fill_between(x, y - spread, y + spread, color=style["color"], alpha=0.12, linewidth=0)
-    for xi, yi, text in zip(x, y, rows["point"], strict=True):
+    return list(zip(x, y, rows["point"], strict=True))
+
+
+def _label_points(ax, points: list[tuple[float, float, str]]) -> None:
+    """Each psize once per spot: above the highest of the points that share it (x within 1%)."""
+    spots: dict[tuple[str, float], float] = {}
+    for x, y, text in points:
+        spot = next((s for s in spots if s[0] == text and abs(s[1] - x) <= 0.01), (text, x))
+        spots[spot] = max(spots.get(spot, -np.inf), y)
+    for (text, x), y in spots.items():
         ax.annotate(
-            text, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
-            color=style["color"],
+            text, (x, y), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8,
+            color="0.2",
         )  # fmt: skip
 
 
@@ -295,6 +305,7 @@ def _plot_control(ax, rows: pd.DataFrame, accuracy: str, label: str) -> None:
     mean = rows[f"{accuracy}_mean"].mean()
     if np.isnan(mean):
         return
+    label += f" ({percent(mean)})"
     ax.axhline(mean, color=CONTROL_COLOR, linestyle="-.", linewidth=1.5, label=label)
     ax.plot([1.0], [mean], marker="*", markersize=12, color=CONTROL_COLOR, linestyle="none")
 
@@ -310,7 +321,7 @@ def plot_group(table: pd.DataFrame, runs: pd.DataFrame, path: Path) -> list[str]
     order = pruned.drop_duplicates("series")
     order = order.assign(_ref=order["criterion"] == REFERENCE).sort_values(["_ref", "series"])
     styles = _styles(order)
-    several = len(order["series"]) > 1 or len(control) > 0
+    seeds_vary = table["n_seeds"].nunique() > 1  # else the title says it for all
     unpruned = unpruned_lines(table, runs)
 
     fig = Figure(figsize=(13, 10.5), layout="constrained")
@@ -318,11 +329,12 @@ def plot_group(table: pd.DataFrame, runs: pd.DataFrame, path: Path) -> list[str]
     for (stage, row_title), row in zip(ROWS, axes, strict=True):
         accuracy = f"{stage}.test_accuracy"
         for (size, xlabel, pareto), ax in zip(AXES_X, row, strict=True):
+            points = []
             for label in order["series"]:
                 rows = pruned[pruned["series"] == label]
-                shown = label if several else label.split(" · ")[0]
-                shown += f" ({seeds_text(rows)})"
-                _plot_series(ax, rows, size, accuracy, styles[label], shown)
+                shown = label + (f" ({seeds_text(rows)})" if seeds_vary else "")
+                points += _plot_series(ax, rows, size, accuracy, styles[label], shown)
+            _label_points(ax, points)
             if stage == "finetuned":
                 for label, rows in control.groupby("series", sort=True):
                     rest = label.removeprefix(UNPRUNED_CONTROL)
