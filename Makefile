@@ -41,8 +41,9 @@ ui: setup
 		--artifacts-destination $(CURDIR)/mlartifacts --host $(HOST) --port $(PORT)
 
 # make report EXPERIMENT=cnn_vs_dnn_quick: plots + tables of an experiment -> reports/NAME/
+# (more options: python -m avlsi.report --help)
 report: setup
-	$(PY) -m avlsi.report --experiment $(or $(EXPERIMENT),avlsi)
+	$(PY) -m avlsi.report mlflow.experiment=$(or $(EXPERIMENT),avlsi)
 
 # make clean-cache [STORE=/other/store]: remove every stored baseline and pruned model
 clean-cache: setup

@@ -29,6 +29,8 @@ register()
 def hydra_entry(cfg: DictConfig) -> dict[str, float]:
     """Run the composed job (Hydra calls this once per job of a sweep)."""
     hydra_cfg = HydraConfig.get()
+    if str(cfg.task) == "report":  # task=report: no job, no TensorFlow
+        return run_report(cfg)
     choices = {group: str(hydra_cfg.runtime.choices.get(group)) for group in GROUPS}
     try:
         check_config(cfg)  # before TensorFlow loads: a mistake is reported at once
@@ -53,6 +55,18 @@ def hydra_entry(cfg: DictConfig) -> dict[str, float]:
         overrides = " ".join(hydra_cfg.overrides.task)
         print(f"avlsi: job {hydra_cfg.job.num} ({overrides}) failed: {err}", file=sys.stderr)
         raise  # the sweep goes on; Hydra re-raises the first failure when it ends
+
+
+def run_report(cfg: DictConfig) -> dict[str, float]:
+    """`python run.py task=report`: the report of cfg.mlflow.experiment (see avlsi/report.py)."""
+    from avlsi.report import report_from_config
+
+    try:
+        print(report_from_config(cfg).summary())
+    except UserError as err:  # Hydra would add its own "Error executing job" line
+        print(f"avlsi: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return {}
 
 
 def quiet_tensorflow_import() -> None:

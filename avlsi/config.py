@@ -36,6 +36,11 @@ class Normalize(StrEnum):
     none = "none"  # raw scores
 
 
+class Task(StrEnum):
+    job = "job"  # train / prune / fine-tune as the stage says, recorded in MLflow
+    report = "report"  # write the report of mlflow.experiment instead (see avlsi/report.py)
+
+
 class Step(StrEnum):
     train = "train"
     prune = "prune"
@@ -161,11 +166,14 @@ class StoreConfig:
 @dataclass
 class ReportConfig:
     after_sweep: bool = False  # write the comparison report when a multirun ends
-    out: str | None = None  # default: <sweep dir>/report
+    out: str | None = None  # default: <sweep dir>/report, or <project>/reports/<experiment>
+    filter: str = ""  # an MLflow search filter picking the runs, e.g. params.model = 'cnn'
+    log: bool = True  # log the report's files to MLflow (the sweep's run, or a `report` run)
 
 
 @dataclass
 class Config:
+    task: Task = Task.job
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
     criterion: CriterionConfig = MISSING
