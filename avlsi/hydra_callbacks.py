@@ -37,7 +37,7 @@ class SweepHooks(Callback):
         """The sweep's parent run: the runs table groups the jobs under it."""
         import atexit
 
-        from avlsi.record import end_sweep_run, start_sweep_run
+        from avlsi.record import start_sweep_run
 
         sweep_dir = Path(config.hydra.sweep.dir)
         label = config.hydra.runtime.choices.get("experiment") or "sweep"
