@@ -17,8 +17,96 @@ log = logging.getLogger(__name__)
 for _name in ("mlflow.store.db.utils", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-# Makes the MLflow 3 UI open the experiment on its runs table, not the GenAI view.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# Columns and charts a pruning user looks for first, in this order, when the runs carry them.
+METRIC_COLUMNS = (
+    "finetuned.test_accuracy",
+    "finetuned.val_accuracy",
+    "finetuned.kept_params",
+    "finetuned.kept_macs",
+    "finetuned.accuracy_drop",
+    "baseline.test_accuracy",
+)
+PARAM_COLUMNS = ("criterion", "psize", "scope", "stage", "seed", "model", "dataset")
+SCATTERS = (  # (x, y): accuracy against the size kept; the first two the runs carry are drawn
+    ("finetuned.kept_params", "finetuned.test_accuracy"),
+    ("finetuned.kept_macs", "finetuned.test_accuracy"),
+    ("finetuned.params", "finetuned.test_accuracy"),  # stores older than kept_* metrics
+    ("finetuned.macs", "finetuned.test_accuracy"),
+)
+VIEW_KEY = "avlsi"  # the experiment's shared view: tag mlflow.sharedViewState.avlsi
+
+
+def runs_view_state(
+    metric_keys: set[str] | None = None,
+    param_keys: set[str] | None = None,
+    parent_ids: list[str] | tuple[str, ...] = (),
+) -> dict:
+    """MLflow 3.17's runs-page state: the accuracy / size columns and accuracy-vs-size scatters.
+
+    The UI reads it from the experiment tag `mlflow.sharedViewState.<key>` when the address
+    carries `viewStateShareKey=<key>` (and from localStorage, which scripts/ui_check.py
+    presets). With no keys given, every column and the first two scatters are named: a
+    column of a metric no run has yet is simply empty.
+    """
+    metric_keys = (
+        set(METRIC_COLUMNS) | {x for x, _ in SCATTERS[:2]} if metric_keys is None else metric_keys
+    )
+    param_keys = set(PARAM_COLUMNS) if param_keys is None else param_keys
+    metrics = [m for m in METRIC_COLUMNS if m in metric_keys]
+    params = [p for p in PARAM_COLUMNS if p in param_keys]
+    section = "avlsi-accuracy-vs-size"
+    pairs = [pair for pair in SCATTERS if set(pair) <= metric_keys][:2]
+    charts = [
+        {
+            "uuid": f"avlsi-scatter-{i}",
+            "type": "SCATTER",
+            "xaxis": {"key": x, "type": "METRIC"},
+            "yaxis": {"key": y, "type": "METRIC"},
+            "runsCountToCompare": 100,
+            "metricSectionId": section,
+            "deleted": False,
+            "isGenerated": False,
+        }
+        for i, (x, y) in enumerate(pairs)
+    ]
+    sections = [
+        {
+            "uuid": section,
+            "name": "Accuracy vs size kept",
+            "display": True,
+            "isReordered": False,
+            "deleted": False,
+            "isGenerated": False,
+            "columns": 2,
+            "cardHeight": 420,
+        }
+    ]
+    metric_ids = [f"metrics.`{m}`" for m in metrics]
+    param_ids = [f"params.`{p}`" for p in params]
+    models = ["attributes.`Models`", "attributes.`Dataset`"]
+    # Run name, metrics and params first, wide enough for their names; then models, dataset.
+    order = ["attributes.`Run Name`", "runDateAndNestInfo", *metric_ids, *param_ids, *models]
+    widths = {c: 175 for c in metric_ids} | {c: 95 for c in param_ids}
+    state: dict = {
+        "selectedColumns": models + metric_ids + param_ids,
+        "columnOrder": order,
+        "columnWidths": {"attributes.`Run Name`": 240} | widths,
+        "runsExpanded": {run_id: True for run_id in parent_ids},
+        "runsHiddenMode": "SHOW_ALL",
+    }
+    if charts:
+        state |= {"compareRunCharts": charts, "compareRunSections": sections}
+    return state
+
+
+def experiment_tags() -> dict[str, str]:
+    """Model-training kind, and the shared view with AVLSI's columns and scatter."""
+    import json
+
+    return {
+        "mlflow.experimentKind": "custom_model_development",
+        f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(runs_view_state()),
+    }
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -39,11 +127,14 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        for key, value in experiment_tags().items():  # experiments made by older versions
+            if key not in found.tags:
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     # A plain absolute path: MLflow 3.17 turns a file:/// location into file://x/... for runs.
     location = str(db.parent / "mlartifacts") if db is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        return client.create_experiment(name, artifact_location=location, tags=experiment_tags())
     except MlflowException:  # another job created it first
         return client.get_experiment_by_name(name).experiment_id
 
@@ -75,7 +166,8 @@ UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
 def runs_table_url(tracking_uri: str, experiment_id: str) -> str:
     """The address of the experiment's runs table (MLflow 3.17 opens a GenAI view otherwise)."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    view = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{view}"
 
 
 def print_runs_urls(tracking_uri: str) -> None:

@@ -50,22 +50,6 @@ CHROMIUM_FLAGS = [
     "--hide-scrollbars",
 ]
 WIDTH, HEIGHT = 1600, 1000
-# Columns and charts a pruning user looks for first, in this order, when the runs carry them.
-METRIC_COLUMNS = [
-    "finetuned.test_accuracy",
-    "finetuned.val_accuracy",
-    "finetuned.kept_params",
-    "finetuned.kept_macs",
-    "finetuned.accuracy_drop",
-    "baseline.test_accuracy",
-]
-PARAM_COLUMNS = ["criterion", "psize", "scope", "stage", "seed", "model", "dataset"]
-SCATTERS = [  # (x, y): accuracy against the size kept; the first two the runs carry are drawn
-    ("finetuned.kept_params", "finetuned.test_accuracy"),
-    ("finetuned.kept_macs", "finetuned.test_accuracy"),
-    ("finetuned.params", "finetuned.test_accuracy"),  # stores older than kept_* metrics
-    ("finetuned.macs", "finetuned.test_accuracy"),
-]
 GENAI_OVERVIEW_TEXT = "Token usage"
 
 
@@ -127,55 +111,13 @@ def read_experiment(db: Path, name: str, max_names: int = 20) -> Experiment:
 
 
 def view_state(exp: Experiment) -> dict:
-    """MLflow 3.17's runs-page state: columns, sort order and an accuracy-vs-size chart.
+    """MLflow 3.17's runs-page state for this experiment (see avlsi.record.runs_view_state).
 
-    Valid as localStorage `MLflowLocalStorage-1.1-ExperimentPage-["<id>"]-ReactComponentState`
-    and as the value of the experiment tag `mlflow.sharedViewState.<key>`.
+    Valid as localStorage `MLflowLocalStorage-1.1-ExperimentPage-["<id>"]-ReactComponentState`.
     """
-    metrics = [m for m in METRIC_COLUMNS if m in exp.metric_keys]
-    params = [p for p in PARAM_COLUMNS if p in exp.param_keys]
-    section = "avlsi-accuracy-vs-size"
-    charts = [
-        {
-            "uuid": f"avlsi-scatter-{i}",
-            "type": "SCATTER",
-            "xaxis": {"key": x, "type": "METRIC"},
-            "yaxis": {"key": y, "type": "METRIC"},
-            "runsCountToCompare": 100,
-            "metricSectionId": section,
-            "deleted": False,
-            "isGenerated": False,
-        }
-        for i, (x, y) in enumerate([pair for pair in SCATTERS if set(pair) <= exp.metric_keys][:2])
-    ]
-    sections = [
-        {
-            "uuid": section,
-            "name": "Accuracy vs size kept",
-            "display": True,
-            "isReordered": False,
-            "deleted": False,
-            "isGenerated": False,
-            "columns": 2,
-            "cardHeight": 420,
-        }
-    ]
-    metric_ids = [f"metrics.`{m}`" for m in metrics]
-    param_ids = [f"params.`{p}`" for p in params]
-    models = ["attributes.`Models`", "attributes.`Dataset`"]
-    # Run name, metrics and params first, wide enough for their names; then models, dataset.
-    order = ["attributes.`Run Name`", "runDateAndNestInfo", *metric_ids, *param_ids, *models]
-    widths = {c: 175 for c in metric_ids} | {c: 95 for c in param_ids}
-    state: dict = {
-        "selectedColumns": models + metric_ids + param_ids,
-        "columnOrder": order,
-        "columnWidths": {"attributes.`Run Name`": 240} | widths,
-        "runsExpanded": {run_id: True for run_id in exp.parent_ids},
-        "runsHiddenMode": "SHOW_ALL",
-    }
-    if charts:
-        state |= {"compareRunCharts": charts, "compareRunSections": sections}
-    return state
+    from avlsi.record import runs_view_state
+
+    return runs_view_state(exp.metric_keys, exp.param_keys, exp.parent_ids)
 
 
 def free_port() -> int:
