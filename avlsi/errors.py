@@ -14,3 +14,6 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
         self.signal_name = signal.Signals(signum).name
         super().__init__(self.signal_name)
+
+    def __reduce__(self):  # a joblib worker sends it back to the sweep pickled
+        return type(self), (self.signum,)

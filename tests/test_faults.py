@@ -285,3 +285,13 @@ def test_four_jobs_started_at_once_on_a_new_sqlite_file_all_finish(cli):
     runs = cli.runs()
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_a_terminated_job_reaches_the_sweep_through_pickling():
+    """A joblib worker stopped by SIGTERM sends `Terminated` back to the sweep, pickled."""
+    import pickle
+
+    from avlsi.errors import Terminated
+
+    back = pickle.loads(pickle.dumps(Terminated(signal.SIGTERM)))
+    assert isinstance(back, KeyboardInterrupt) and back.signal_name == "SIGTERM"
