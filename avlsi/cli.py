@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -16,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 from avlsi.config import PROJECT_ROOT, check_config, register
-from avlsi.errors import UserError
+from avlsi.errors import Terminated, UserError
 
 log = logging.getLogger("avlsi")
 GROUPS = ("model", "dataset", "criterion", "stage")
@@ -28,6 +30,7 @@ register()
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def hydra_entry(cfg: DictConfig) -> dict[str, float]:
     """Run the composed job (Hydra calls this once per job of a sweep)."""
+    handle_sigterm()  # again: a launcher's worker process did not run main()
     hydra_cfg = HydraConfig.get()
     if str(cfg.task) == "report":  # task=report: no job, no TensorFlow
         return run_report(cfg)
@@ -67,6 +70,18 @@ def run_report(cfg: DictConfig) -> dict[str, float]:
         print(f"avlsi: error: {err}", file=sys.stderr)
         sys.exit(2)
     return {}
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated(signum)
+
+
+def handle_sigterm() -> None:
+    """SIGTERM raises `Terminated` (a KeyboardInterrupt): the run ends KILLED, not RUNNING."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_terminated)  # not over a launcher's own handler
 
 
 def quiet_tensorflow_import() -> None:
@@ -118,8 +133,12 @@ def main() -> None:
     """Entry point: Hydra's CLI, with every user mistake reported as one line."""
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
+    handle_sigterm()
     try:
         hydra_entry()
+    except Terminated as err:
+        print(f"avlsi: terminated ({err.signal_name})", file=sys.stderr)
+        sys.exit(128 + err.signum)
     except KeyboardInterrupt:
         print("avlsi: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -21,7 +21,7 @@ class SweepHooks(Callback):
         # for them ("database is locked", schema migration run twice).
         from avlsi.config import check_dataset
         from avlsi.errors import UserError
-        from avlsi.record import ensure_experiment
+        from avlsi.record import close_orphans, ensure_experiment, open_client
 
         try:
             check_shared_tracking(config)
@@ -30,7 +30,8 @@ class SweepHooks(Callback):
         except UserError as err:  # Hydra turns callback exceptions into warnings: stop here
             print(f"avlsi: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
-        ensure_experiment(config.mlflow.tracking_uri, config.mlflow.experiment)
+        uri = config.mlflow.tracking_uri
+        close_orphans(open_client(uri), ensure_experiment(uri, config.mlflow.experiment))
         self.start_parent(config)
 
     def start_parent(self, config: DictConfig) -> None:

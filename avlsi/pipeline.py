@@ -327,11 +327,7 @@ def run_job(
         tags[record.PARENT_TAG] = parent_run_id
     with record.mlflow_run(cfg, name, tags) as run:
         record.log_config(cfg, {**choices, "scope": scope}, output_dir)
-        try:
-            metrics = Job(cfg, output_dir).run()
-        except UserError as err:
-            mlflow.set_tag("error", str(err))
-            raise
+        metrics = Job(cfg, output_dir).run()  # a failure is tagged `error` by mlflow_run
     log.info("%s: %s", name, results_line(metrics))
     url = record.runs_table_url(cfg.mlflow.tracking_uri, run.info.experiment_id)
     log.info(
