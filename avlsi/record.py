@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -434,9 +435,15 @@ def log_dataset(data, name: str, digest: str) -> None:
     for context, (x, y) in splits.items():
         if y is None or not len(y):
             continue
-        mlflow.log_input(
-            from_numpy(x, targets=y, name=f"{name}-{context}", digest=digest), context=context
-        )
+        dataset = from_numpy(x, targets=y, name=f"{name}-{context}", digest=digest)
+        for attempt in range(3):  # parallel jobs may insert the same dataset row at once
+            try:
+                mlflow.log_input(dataset, context=context)
+                break
+            except MlflowException:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
 
 def log_keras_model(model, name: str = "model") -> None:
