@@ -1,7 +1,7 @@
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as users get it (avlsi/__init__)
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
