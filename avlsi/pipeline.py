@@ -14,14 +14,14 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 import avlsi  # noqa: F401
-from avlsi import masking, record, train
-from avlsi.config import check_config, steps_of
+from avlsi import masking, memory, record, train
+from avlsi.config import check_config, stage_command, steps_of
 from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.data import Dataset
 from avlsi.errors import UserError
 from avlsi.metrics import size_metrics
 from avlsi.models import build_model
-from avlsi.select import prunable_layers, select_units
+from avlsi.select import check_something_goes, prunable_layers, select_units
 from avlsi.store import ModelStore, config_key
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def job_key(cfg: DictConfig) -> str:
 
 
 def _command(cfg: DictConfig, stage: str) -> str:
-    return (
+    return stage_command(stage) or (
         f"python run.py stage={stage} model={cfg.model.name} dataset={cfg.dataset.name} "
         f"seed={cfg.seed} (with the same train.* / dataset.* / criterion.* / psize overrides)"
     )
@@ -137,6 +137,7 @@ class Job:
                 shutil.copyfile(path, self.output_dir / "baseline.keras")
                 self.log({k: v for k, v in meta["metrics"].items() if k.startswith("baseline.")})
                 return model
+            memory.check_model_fits(cfg, self.data)  # before building: one line, not an OOM
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
             self.check_prunable(model)  # a bad layer name fails before any training
             mlflow.set_tag("baseline.source", "trained")
@@ -147,7 +148,9 @@ class Job:
     def check_prunable(self, model) -> list:
         if "prune" not in self.steps:
             return []
-        return prunable_layers(model, self.cfg.criterion)
+        layers = prunable_layers(model, self.cfg.criterion)
+        check_something_goes(layers, self.cfg.criterion, self.cfg.psize)
+        return layers
 
     def prune(self, model):
         """Score, select and remove units (or zero weights); store the result."""
@@ -205,6 +208,7 @@ class Job:
             self.cfg[phase],
             verbose=self.cfg.verbose,
             callbacks=[train.EpochLogger(phase, record.log_metrics)],
+            phase=phase,
         )
         self.measure(model, prefix)
         record.log_model_file(_save(model, self.output_dir, prefix))

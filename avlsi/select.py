@@ -114,3 +114,24 @@ def select_units(scores: dict[str, np.ndarray], scope: str, psize: float) -> dic
             chosen[name].append(int(index[pos]))
             budget -= 1
     return {name: sorted(idx) for name, idx in chosen.items()}
+
+
+def check_something_goes(layers: list, criterion, psize: float | None) -> None:
+    """Refuse a psize so small that no unit (or, unstructured, no weight) of any layer goes."""
+    if psize is None or not getattr(criterion, "prunes", True) or criterion.threshold is not None:
+        return
+    scope = str(getattr(criterion.scope, "value", criterion.scope))
+    what = "unit" if criterion.structured else "weight"
+    sizes = [_units(lyr) if criterion.structured else lyr.get_weights()[0].size for lyr in layers]
+    if not sizes:
+        return
+    if scope == "global":
+        goes, pool = math.floor(psize * sum(sizes) + 0.5), sum(sizes)
+    else:
+        goes, pool = max(n_to_remove(psize, n) for n in sizes), max(sizes)
+    if goes == 0:
+        where = "all prunable layers together" if scope == "global" else "the largest layer"
+        raise UserError(
+            f"psize={psize} removes no {what} of any layer: {where} has {pool:,} {what}s and "
+            f"round(psize x {pool:,}) = 0; pass psize of at least {0.5 / pool:.2g}"
+        )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import tensorflow as tf
 
 import avlsi  # noqa: F401
+from avlsi.errors import UserError
 
 
 def seed_everything(seed: int) -> None:
@@ -29,8 +31,11 @@ def compile_model(model, learning_rate: float) -> None:
     )
 
 
-def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None):
-    """Train on data's training set for cfg.epochs; returns the Keras History."""
+def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: str = "train"):
+    """Train on data's training set for cfg.epochs; returns the Keras History.
+
+    A loss that stops being a finite number ends the job (UserError naming `phase`).
+    """
     compile_model(model, cfg.learning_rate)
     if cfg.epochs <= 0:
         return None
@@ -40,7 +45,7 @@ def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None):
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
         shuffle=True,
-        callbacks=list(callbacks),
+        callbacks=[StopOnNonFiniteLoss(phase), *callbacks],
         verbose=default_verbosity() if verbose is None else verbose,
     )
 
@@ -62,3 +67,20 @@ class EpochLogger(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self.log({f"{self.prefix}.{k}": float(v) for k, v in (logs or {}).items()}, epoch + 1)
+
+
+class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+    """Ends training with a UserError once the loss is nan or inf: nothing after it means
+    anything (Keras' own TerminateOnNaN stops silently and the run would look FINISHED)."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__()
+        self.phase = phase
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise UserError(
+                f"{self.phase}: the training loss became {loss} in epoch {epoch + 1}; lower "
+                f"{self.phase}.learning_rate or check the data for nan / inf values"
+            )
