@@ -49,6 +49,8 @@ def require_file_or_folder(path: Path, what: str) -> str:
 def require_regular_file(path: Path, hint: str) -> None:
     """A UserError unless `path` is a regular file (a symlink to one is fine)."""
     kind = kind_of(path)
+    if kind == "missing":
+        raise UserError(f"{clip(path)} does not exist: {hint}")
     if kind != "file":
-        what = {"missing": "does not exist", "folder": "is a folder"}.get(kind, f"is {kind}")
-        raise UserError(f"{clip(path)} {what}, not a regular file: {hint}")
+        what = "a folder" if kind == "folder" else kind
+        raise UserError(f"{clip(path)} is {what}, not a regular file: {hint}")

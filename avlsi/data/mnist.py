@@ -145,7 +145,7 @@ def read_npz(path: Path) -> Arrays:
                     f"{', '.join(KEYS)} (keras layout)"
                 )
             arrays = {key: npz[key] for key in KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as exc:
         raise UserError(
             f"{path} is not a readable .npz file ({_one_line(exc)}): "
             "delete it if it is a cache, or pass a keras-style mnist.npz"
