@@ -253,6 +253,8 @@ def check_config(cfg: DictConfig) -> None:
 def check_tracking_settings(mlflow_cfg: DictConfig) -> None:
     """A tracking URI that keeps what it records, and an experiment with a name."""
     uri = str(mlflow_cfg.tracking_uri).strip()
+    if not uri:
+        raise UserError("mlflow.tracking_uri is empty; pass e.g. sqlite:////abs/path/mlflow.db")
     if uri in IN_MEMORY_SQLITE or uri.endswith(":memory:"):
         raise UserError(
             f"mlflow.tracking_uri={uri} is an in-memory database: the runs would vanish when "

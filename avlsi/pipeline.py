@@ -18,7 +18,7 @@ from avlsi import masking, memory, record, train
 from avlsi.config import check_config, stage_command, steps_of
 from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.data import Dataset
-from avlsi.errors import UserError
+from avlsi.errors import UserError, clip
 from avlsi.metrics import size_metrics
 from avlsi.models import build_model
 from avlsi.select import check_something_goes, prunable_layers, select_units
@@ -257,8 +257,9 @@ def run_job(
         record.log_config(cfg, {**choices, "scope": scope}, output_dir)
         try:
             metrics = Job(cfg, output_dir).run()
-        except UserError as err:
-            mlflow.set_tag("error", str(err))
+        except Exception as err:  # every failed run says why, not only a UserError's
+            what = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            mlflow.set_tag("error", clip(what)[:5000])
             raise
     log.info("%s: %s", run_name, results_line(metrics))
     log.info(
