@@ -303,25 +303,34 @@ def suggest(key: str) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
-def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
-    """Keys of `node` its schema has no field for: `+key=value` bypasses Hydra's struct check."""
+def unknown_keys(node: DictConfig, prefix: str = "", missing: bool = False) -> list[str]:
+    """Keys of `node` its schema has no field for (`+key=value` bypasses Hydra's struct
+    check); with `missing`, the schema's fields that `node` lacks (`~key` deletes one)."""
     schema = OmegaConf.get_type(node)
     if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
         return []  # a free-form dict (criterion.layer_types): any key goes
-    known = {f.name for f in dataclasses.fields(schema)}
-    found: list[str] = []
+    known = [f.name for f in dataclasses.fields(schema)]
+    if missing:
+        found = [f"{prefix}{key}" for key in known if key not in node]
+    else:
+        found = [f"{prefix}{key}" for key in node if key not in known]
     for key in node:
-        if key not in known:
-            found.append(f"{prefix}{key}")
-            continue
         child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
-            found += unknown_keys(child, f"{prefix}{key}.")
+        nested = isinstance(child, DictConfig) and not (child._is_none() or child._is_missing())
+        if key in known and nested:
+            found += unknown_keys(child, f"{prefix}{key}.", missing)
     return found
 
 
 def check_known_keys(cfg: DictConfig) -> None:
-    """Refuse keys the schema does not know, including those added with a leading `+`."""
+    """Refuse keys the schema does not know, including those added with a leading `+`, and
+    schema keys removed with a leading `~`."""
+    removed = unknown_keys(cfg, missing=True)
+    if removed:
+        raise UserError(
+            f"{removed[0]} is missing from the config (removed with ~{removed[0]}?); "
+            "every key of the schema needs a value"
+        )
     unknown = unknown_keys(cfg)
     if unknown:
         key = unknown[0]

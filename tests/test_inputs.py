@@ -80,6 +80,7 @@ def read_only(path: Path):
         (["mlflow.experiment="], ["mlflow.experiment is empty"]),
         (["mlflow.tracking_uri="], ["mlflow.tracking_uri is empty"]),
         (["+foo=1"], ["unknown key foo"]),
+        (["~psize"], ["psize is missing"]),
         (["+train.epoch=5"], ["unknown key train.epoch", "did you mean train.epochs?"]),
         (["+model.conv_filter=[2]"], ["did you mean model.conv_filters?"]),
         (["train.epoch=3"], ["unknown key train.epoch", "did you mean train.epochs?"]),
