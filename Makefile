@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 5000
 HOST   ?= 127.0.0.1
 
-.PHONY: setup setup-bench run test lint ui report clean-cache clean
+.PHONY: setup setup-bench run test lint ui ui-check report clean-cache clean
 
 setup: $(STAMP)
 
@@ -32,13 +32,25 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Prints each experiment's runs-table address (MLflow 3.17 opens a GenAI view otherwise).
 ui: setup
+	@echo "MLflow UI on http://$(HOST):$(PORT); the runs tables:"
+	@$(PY) -c 'from avlsi.record import print_runs_urls as p; p("sqlite:///$(CURDIR)/mlflow.db")' \
+		| sed 's#127.0.0.1:5000#$(HOST):$(PORT)#'
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--artifacts-destination $(CURDIR)/mlartifacts --host $(HOST) --port $(PORT)
 
+# make ui-check [DB=path/mlflow.db] [EXPERIMENT=name] [OUT=folder]: screenshots of the MLflow UI
+# (runs table, a run, Models tab, chart view) from headless Chromium; fails when the runs table
+# does not list the experiment's runs. Needs Debian's chromium (apt-get install chromium).
+ui-check: setup
+	$(PY) scripts/ui_check.py --db $(or $(DB),$(CURDIR)/mlflow.db) \
+		--experiment $(or $(EXPERIMENT),avlsi) --out $(or $(OUT),outputs/ui-check)
+
 # make report EXPERIMENT=cnn_vs_dnn_quick: plots + tables of an experiment -> reports/NAME/
+# (more options: python -m avlsi.report --help)
 report: setup
-	$(PY) -m avlsi.report --experiment $(or $(EXPERIMENT),avlsi)
+	$(PY) -m avlsi.report mlflow.experiment=$(or $(EXPERIMENT),avlsi)
 
 # make clean-cache [STORE=/other/store]: remove every stored baseline and pruned model
 clean-cache: setup

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 from avlsi.config import PROJECT_ROOT, check_config, register, schema_keys, suggest
-from avlsi.errors import UserError, clip
+from avlsi.errors import Terminated, UserError, clip
 from avlsi.preflight import check_environment
 
 log = logging.getLogger("avlsi")
@@ -31,17 +33,28 @@ register()
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def hydra_entry(cfg: DictConfig) -> dict[str, float]:
     """Run the composed job (Hydra calls this once per job of a sweep)."""
+    handle_sigterm()  # again: a launcher's worker process did not run main()
     hydra_cfg = HydraConfig.get()
+    if str(cfg.task) == "report":  # task=report: no job, no TensorFlow
+        return run_report(cfg)
     choices = {group: str(hydra_cfg.runtime.choices.get(group)) for group in GROUPS}
     try:
         check_config(cfg)  # before TensorFlow loads: a mistake is reported at once
         check_environment(cfg)  # the stores can be written, a tracking server answers
         quiet_tensorflow_import()
         from avlsi.pipeline import run_job  # TensorFlow loads only when a job really runs
+        from avlsi.record import sweep_parent
 
         sweeping = hydra_cfg.mode == RunMode.MULTIRUN
         output_dir = Path(hydra_cfg.runtime.output_dir)
-        return run_job(cfg, output_dir, choices, skip_finished=sweeping and not cfg.rerun)
+        return run_job(
+            cfg,
+            output_dir,
+            choices,
+            skip_finished=sweeping and not cfg.rerun,
+            parent_run_id=sweep_parent(Path(hydra_cfg.sweep.dir)) if sweeping else None,
+            overrides=list(hydra_cfg.overrides.task),
+        )
     except UserError as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             print(clip(f"avlsi: error: {err}"), file=sys.stderr)
@@ -49,6 +62,30 @@ def hydra_entry(cfg: DictConfig) -> dict[str, float]:
         overrides = " ".join(hydra_cfg.overrides.task)
         print(clip(f"avlsi: job {hydra_cfg.job.num} ({overrides}) failed: {err}"), file=sys.stderr)
         raise  # the sweep goes on; Hydra re-raises the first failure when it ends
+
+
+def run_report(cfg: DictConfig) -> dict[str, float]:
+    """`python run.py task=report`: the report of cfg.mlflow.experiment (see avlsi/report.py)."""
+    from avlsi.report import report_from_config
+
+    try:
+        print(report_from_config(cfg).summary())
+    except UserError as err:  # Hydra would add its own "Error executing job" line
+        print(f"avlsi: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return {}
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated(signum)
+
+
+def handle_sigterm() -> None:
+    """SIGTERM raises `Terminated` (a KeyboardInterrupt): the run ends KILLED, not RUNNING."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_terminated)  # not over a launcher's own handler
 
 
 def quiet_tensorflow_import() -> None:
@@ -127,8 +164,12 @@ def main() -> None:
     """Entry point: Hydra's CLI, with every user mistake reported as one line."""
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
+    handle_sigterm()
     try:
         hydra_entry()
+    except Terminated as err:
+        print(f"avlsi: terminated ({err.signal_name})", file=sys.stderr)
+        sys.exit(128 + err.signum)
     except KeyboardInterrupt:
         print("avlsi: interrupted", file=sys.stderr)
         sys.exit(130)

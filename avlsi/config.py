@@ -26,8 +26,24 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Which units compete when scores are ranked: `layer` (one named layer, criterion.layer),
 # `layerwise` (every prunable layer loses psize of its units), `global` (all prunable units
-# ranked together after per-layer RMS scaling). Functional form: `global` is a keyword.
+# ranked together after per-layer scaling, criterion.normalize). Functional form: `global` is
+# a keyword.
 Scope = Enum("Scope", {"layer": "layer", "layerwise": "layerwise", "global": "global"}, type=str)
+
+
+class Normalize(StrEnum):
+    """How scope=global scales each layer's scores before ranking them together."""
+
+    rms = "rms"  # divide by the root mean square (the original AVLSI code)
+    l2 = "l2"  # divide by the L2 norm (Molchanov et al. 2017)
+    max = "max"  # divide by the largest |score|
+    mean = "mean"  # divide by the mean |score|
+    none = "none"  # raw scores
+
+
+class Task(StrEnum):
+    job = "job"  # train / prune / fine-tune as the stage says, recorded in MLflow
+    report = "report"  # write the report of mlflow.experiment instead (see avlsi/report.py)
 
 
 class Step(StrEnum):
@@ -57,6 +73,10 @@ class DatasetConfig:
     path: str | None = None
     limit: int | None = None  # at most this many training examples
     test_limit: int | None = None  # at most this many test examples (default: all)
+    # Held out of the training data for validation (selection, Pareto marks), with a fixed
+    # split that does not depend on `seed`; loaders with their own split (FER2013's Usage
+    # column) use theirs.
+    val_fraction: float = 0.1
     path_example: ClassVar[str | None] = None  # set: dataset.path is required (an example)
 
 
@@ -100,6 +120,9 @@ class CriterionConfig:
     structured: bool = True  # False: zero single weights instead of removing units
     samples: int = 256  # training images shown to data-driven criteria
     threshold: float | None = None  # magnitude only: zero |w| < threshold instead of psize
+    prunes: bool = True  # False: the `none` control (no unit removed, psize ignored)
+    normalize: Normalize = Normalize.rms  # scope=global: per-layer scaling before ranking
+    min_units: int = 1  # every layer keeps at least this many units (magnitude: weights)
     layer_types: dict[str, list[str]] = field(
         default_factory=lambda: {
             "layer": ["Conv2D", "Dense"],
@@ -122,6 +145,17 @@ class TrainConfig:
     learning_rate: float = 1e-3
 
 
+class FinetuneInit(StrEnum):
+    pruned = "pruned"  # fine-tune the pruned model's kept weights
+    scratch = "scratch"  # re-initialise the pruned architecture, train epochs + train.epochs
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    epochs: int = 1
+    init: FinetuneInit = FinetuneInit.pruned
+
+
 @dataclass
 class MlflowConfig:
     tracking_uri: str = MISSING
@@ -137,11 +171,14 @@ class StoreConfig:
 @dataclass
 class ReportConfig:
     after_sweep: bool = False  # write the comparison report when a multirun ends
-    out: str | None = None  # default: <sweep dir>/report
+    out: str | None = None  # default: <sweep dir>/report, or <project>/reports/<experiment>
+    filter: str = ""  # an MLflow search filter picking the runs, e.g. params.model = 'cnn'
+    log: bool = True  # log the report's files to MLflow (the sweep's run, or a `report` run)
 
 
 @dataclass
 class Config:
+    task: Task = Task.job
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
     criterion: CriterionConfig = MISSING
@@ -149,7 +186,7 @@ class Config:
     psize: float = 0.3
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -184,6 +221,20 @@ def register() -> None:
 
 def steps_of(cfg: DictConfig) -> list[str]:
     return [str(getattr(s, "value", s)) for s in cfg.stage.steps]
+
+
+def effective_psize(cfg: DictConfig) -> float | None:
+    """The psize the job uses; None where psize means nothing.
+
+    None for criterion=none (no pruning) and for criterion.threshold (magnitude zeroes every
+    |w| below it, whatever psize says); keys, run names and params use this, not cfg.psize.
+    """
+    criterion = cfg.criterion
+    if criterion.name == "none" or OmegaConf.select(criterion, "prunes", default=True) is False:
+        return None
+    if OmegaConf.select(criterion, "threshold", default=None) is not None:
+        return None
+    return float(cfg.psize)
 
 
 def check_dataset(dataset: DictConfig) -> None:
@@ -236,8 +287,17 @@ def check_config(cfg: DictConfig) -> None:
         from avlsi.select import accepted_layer_types  # numpy only: no TensorFlow yet
 
         accepted_layer_types(cfg.criterion)  # a scope the criterion refuses: before any work
+    if not 0 <= cfg.dataset.val_fraction < 1:
+        raise UserError(
+            f"dataset.val_fraction={cfg.dataset.val_fraction} must be in [0, 1), e.g. 0.1"
+        )
     if cfg.criterion.samples < 1:
         raise UserError("criterion.samples must be at least 1")
+    if cfg.criterion.min_units < 1:
+        raise UserError(
+            f"criterion.min_units={cfg.criterion.min_units} must be at least 1 "
+            "(no layer may lose all its units)"
+        )
     if cfg.dataset.limit is not None and cfg.dataset.limit < 1:
         raise UserError("dataset.limit must be at least 1 (or null for the whole training set)")
     if cfg.dataset.test_limit is not None and cfg.dataset.test_limit < 1:

@@ -1,4 +1,4 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""The exceptions that end a job on purpose: a user's mistake, or a signal to stop."""
 
 from __future__ import annotations
 
@@ -24,3 +24,17 @@ def clip(text: object, limit: int = LONG_TOKEN) -> str:
 
     flat = re.sub(r"\s*\n\s*", " ", str(text).strip())
     return re.sub(rf"\S{{{limit + 1},}}", cut, flat)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (from SLURM, Ray, `timeout`, `kill`): stop the way Ctrl-C stops."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(self.signal_name)
+
+    def __reduce__(self):  # a joblib worker sends it back to the sweep pickled
+        return type(self), (self.signum,)

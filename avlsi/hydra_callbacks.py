@@ -23,7 +23,7 @@ class SweepHooks(Callback):
         from avlsi.config import check_dataset
         from avlsi.errors import UserError, clip
         from avlsi.preflight import check_environment
-        from avlsi.record import ensure_experiment
+        from avlsi.record import close_orphans, ensure_experiment, open_client
 
         try:
             check_shared_tracking(config)
@@ -34,21 +34,155 @@ class SweepHooks(Callback):
         except UserError as err:  # Hydra turns callback exceptions into warnings: stop here
             print(clip(f"avlsi: error: {err}"), file=sys.stderr)
             raise SystemExit(2) from None
-        ensure_experiment(config.mlflow.tracking_uri, config.mlflow.experiment)
+        uri = config.mlflow.tracking_uri
+        close_orphans(open_client(uri), ensure_experiment(uri, config.mlflow.experiment))
+        self.start_parent(config)
+
+    def start_parent(self, config: DictConfig) -> None:
+        """The sweep's parent run: the runs table groups the jobs under it."""
+        import atexit
+
+        from avlsi.record import start_sweep_run
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        label = config.hydra.runtime.choices.get("experiment") or "sweep"
+        name = f"{label} {sweep_dir.parent.name} {sweep_dir.name}"
+        uri = config.mlflow.tracking_uri
+        self.parent_run_id = start_sweep_run(uri, config.mlflow.experiment, name, sweep_dir)
+        self.ended = False
+        # A failing job ends the sweep without on_multirun_end (Hydra re-raises its error):
+        # the table still comes, and the parent run must not stay RUNNING.
+        atexit.register(self.end_failed, config)
+
+    def end_failed(self, config: DictConfig) -> None:
+        if not self.ended:
+            self.finish(config, status="FAILED", report=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.report.after_sweep:
-            return
-        from avlsi.errors import UserError
-        from avlsi.report import make_report
+        self.finish(config, status="FINISHED", report=bool(config.report.after_sweep))
 
-        out = Path(config.report.out or Path(config.hydra.sweep.dir) / "report")
+    def finish(self, config: DictConfig, status: str, report: bool) -> None:
+        """The sweep's jobs as a table, its report when asked for, and the report command."""
+        from avlsi.errors import UserError
+        from avlsi.report import report_from_config
+
+        self.ended = True
+        uri, experiment = str(config.mlflow.tracking_uri), str(config.mlflow.experiment)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        parent = getattr(self, "parent_run_id", None)  # set by whoever starts the sweep's run
         try:
-            result = make_report(config.mlflow.tracking_uri, config.mlflow.experiment, out)
+            jobs, parent = sweep_jobs(uri, experiment, sweep_dir, parent)
+            print(format_jobs(jobs))
         except UserError as err:
-            print(f"avlsi: no report written: {err}", file=sys.stderr)
-            return
-        print(result.summary())
+            print(f"avlsi: no table of the sweep's jobs: {err}", file=sys.stderr)
+        if report:
+            try:
+                result = report_from_config(config, out=sweep_dir / "report", run_id=parent)
+                print(result.summary())
+            except UserError as err:
+                print(f"avlsi: no report written: {err}", file=sys.stderr)
+        if parent:
+            from avlsi.record import end_sweep_run
+
+            end_sweep_run(uri, parent, status)
+        print(f"report of experiment '{experiment}': {report_command(config)}")
+
+
+# Columns of the sweep's table that are always there; keys that differ between its jobs
+# come between `seed` and the accuracies.
+JOB_COLUMNS = ("job", "criterion", "psize", "seed")
+
+
+def sweep_jobs(
+    tracking_uri: str, experiment: str, sweep_dir: Path, parent: str | None = None
+) -> tuple[Any, str | None]:
+    """One row per job of the sweep in sweep_dir, read from MLflow; and the sweep's run id.
+
+    A job's run is a child of the sweep's run (tag mlflow.parentRunId), or has its `output_dir`
+    tag under sweep_dir; a job folder with no run (skipped as finished before, or failed
+    before it was recorded) is a row too, from its .hydra/overrides.yaml.
+    """
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from avlsi.runs import differing_keys, open_experiment, runs_frame, search_all
+
+    client, experiment_id = open_experiment(tracking_uri, experiment)
+    frame = runs_frame(search_all(client, experiment_id))
+    under = frame["output_dir"].map(lambda d: isinstance(d, str) and is_under(Path(d), sweep_dir))
+    if parent is None:
+        parents = frame.loc[under & frame["is_data"], "parent"].dropna()
+        parent = parents.mode().iloc[0] if len(parents) else None
+    mine = frame[frame["is_data"] & (under | (frame["parent"] == parent))].copy()
+    mine["job"] = [job_number(d, sweep_dir) for d in mine["output_dir"]]
+    extra = differing_keys(list(mine["config"]), {"model", "dataset", "criterion", "psize"})
+    rows = []
+    for _, run in mine.sort_values("start_time").iterrows():
+        row = {"job": run["job"], "criterion": run["criterion"], "psize": run["psize"]}
+        row["seed"] = run["seed"]
+        row.update({key: run["config"].get(key) for key in extra})
+        kept = run["finetuned.nonzero_params"]
+        if pd.isna(kept):
+            kept = run["pruned.nonzero_params"]
+        row.update(
+            baseline=run["baseline.test_accuracy"],
+            finetuned=run["finetuned.test_accuracy"],
+            kept=kept / run["baseline.nonzero_params"],
+            status=run["status"].lower(),
+        )
+        rows.append(row)
+    seen = {row["job"] for row in rows}
+    for overrides in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        number = job_number(str(overrides.parent.parent), sweep_dir)
+        if number in seen:
+            continue
+        given = dict(str(o).split("=", 1) for o in OmegaConf.load(overrides) if "=" in str(o))
+        row = {key: given.get(key, "") for key in JOB_COLUMNS[1:]}
+        rows.append({"job": number, **row, "status": "no run (skipped: done before?)"})
+    rows.sort(key=lambda row: row["job"] if isinstance(row["job"], int) else float("inf"))
+    return pd.DataFrame(rows), parent
+
+
+def format_jobs(jobs: Any) -> str:
+    """A plain aligned table: accuracies and params kept in percent."""
+    from avlsi.runs import percent, short_name
+
+    if jobs.empty:
+        return "avlsi: no runs of this sweep in MLflow"
+    table = jobs.copy()
+    for column, digits in (("baseline", 2), ("finetuned", 2), ("kept", 1)):
+        if column in table:
+            table[column] = [percent(value, digits) for value in table[column]]
+    names = {
+        "baseline": "baseline acc",
+        "finetuned": "fine-tuned acc",
+        "kept": "params kept",
+    }
+    table = table.rename(columns=lambda c: names.get(c, short_name(c))).fillna("")
+    return f"avlsi: the sweep's {len(table)} jobs (test accuracy)\n" + table.to_string(index=False)
+
+
+def is_under(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def job_number(output_dir: str | None, sweep_dir: Path) -> int | str:
+    """Hydra's job number from the job's folder (sweep_dir/<num>), else '?'."""
+    if not isinstance(output_dir, str) or not is_under(Path(output_dir), sweep_dir):
+        return "?"
+    part = Path(output_dir).resolve().relative_to(sweep_dir.resolve()).parts[:1]
+    return int(part[0]) if part and part[0].isdigit() else "?"
+
+
+def report_command(config: DictConfig) -> str:
+    """The command that writes the report of this sweep's experiment."""
+    from avlsi.config import configured_default
+
+    command = f"python run.py task=report mlflow.experiment={config.mlflow.experiment}"
+    uri = str(config.mlflow.tracking_uri)
+    if uri != configured_default("mlflow.tracking_uri"):
+        command += f" mlflow.tracking_uri={uri}"
+    return command
 
 
 def swept_keys(config: DictConfig) -> set[str]:
@@ -88,7 +222,7 @@ def check_shared_tracking(config: DictConfig) -> None:
 MAX_CHECKED_JOBS = 100_000  # beyond this, each swept value is checked once, not every job
 
 
-def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+def sweep_overrides(config: DictConfig) -> list[list[str]] | None:
     """Each job's overrides, as Hydra's basic sweeper will launch them (the sweeper's params,
     then the command line; `a,b`, range(), choice() and glob() expanded); None for other
     sweepers, which choose their jobs as they go."""
@@ -138,7 +272,7 @@ def check_sweep_jobs(config: DictConfig) -> None:
     from avlsi.config import check_config
     from avlsi.errors import UserError
 
-    jobs = sweep_jobs(config)
+    jobs = sweep_overrides(config)
     if not jobs:
         return
     loader = GlobalHydra.instance().config_loader()

@@ -7,10 +7,10 @@ kernel per step, no round trip through numpy.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tensorflow as tf  # (importing avlsi.masking ran avlsi/__init__: tf-keras is set up)
+
+from avlsi.select import lowest_within_caps, n_to_remove, normalise, share_of
 
 
 class KeepMask:
@@ -23,10 +23,6 @@ class KeepMask:
         return weight * tf.cast(self.mask, weight.dtype)
 
 
-def _n_smallest(size: int, psize: float) -> int:
-    return max(0, min(size - 1, math.floor(psize * size + 0.5)))
-
-
 def _mask_smallest(magnitudes: np.ndarray, count: int) -> np.ndarray:
     keep = np.ones(magnitudes.size, dtype=bool)
     keep[np.argsort(magnitudes.ravel(), kind="stable")[:count]] = False
@@ -34,31 +30,39 @@ def _mask_smallest(magnitudes: np.ndarray, count: int) -> np.ndarray:
 
 
 def magnitude_masks(
-    layers, scope: str, psize: float, threshold: float | None = None
+    layers,
+    scope: str,
+    psize: float,
+    threshold: float | None = None,
+    normalize: str = "none",
+    min_units: int = 1,
 ) -> dict[str, np.ndarray]:
     """Keep-masks for the kernels of `layers`: smallest |w| removed (True = kept).
 
-    With `threshold`, every |w| < threshold goes; otherwise psize of the weights go, per
-    layer (`layer`, `layerwise`) or ranked over all the layers' raw magnitudes (`global`).
-    A layer always keeps at least one weight.
+    With `threshold`, every |w| < threshold goes; otherwise psize of the weights go
+    (psize x count rounded half up exactly), per layer (`layer`, `layerwise`) or ranked
+    over all the layers' magnitudes (`global`), after `normalise(|w|, normalize)` per layer
+    (default none: raw magnitudes). A kernel always keeps its `min_units` largest weights.
     """
     kernels = {layer.name: np.abs(layer.get_weights()[0]) for layer in layers}
     if threshold is not None:
-        masks = {name: k >= threshold for name, k in kernels.items()}
-        for name, mask in masks.items():
-            if not mask.any():
-                mask.flat[np.argmax(kernels[name])] = True
-        return masks
+        return {
+            name: _mask_smallest(k, min(int((k < threshold).sum()), max(0, k.size - min_units)))
+            for name, k in kernels.items()
+        }
     if str(getattr(scope, "value", scope)) != "global":
-        return {n: _mask_smallest(k, _n_smallest(k.size, psize)) for n, k in kernels.items()}
-    flat = np.concatenate([k.ravel() for k in kernels.values()])
-    cut = _n_smallest(flat.size, psize)
-    keep = _mask_smallest(flat, cut).ravel()
+        return {
+            n: _mask_smallest(k, n_to_remove(psize, k.size, min_units)) for n, k in kernels.items()
+        }
+    sizes = [k.size for k in kernels.values()]
+    flat = np.concatenate([normalise(k.ravel(), normalize) for k in kernels.values()])
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    caps = [max(0, size - min_units) for size in sizes]
+    keep = np.ones(flat.size, dtype=bool)
+    keep[lowest_within_caps(flat, owner, caps, share_of(psize, flat.size))] = False
     masks, start = {}, 0
     for name, k in kernels.items():
         masks[name] = keep[start : start + k.size].reshape(k.shape)
-        if not masks[name].any():
-            masks[name].flat[np.argmax(k)] = True
         start += k.size
     return masks
 

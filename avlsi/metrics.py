@@ -39,3 +39,24 @@ def size_metrics(model, prefix: str) -> dict[str, float]:
         f"{prefix}.nonzero_params": count_nonzero_params(model),
         f"{prefix}.macs": count_macs(model),
     }
+
+
+def relative_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """What a pruned stage kept of the baseline, as metrics the MLflow chart view can plot.
+
+    `{prefix}.kept_params` / `.kept_macs`: fractions of the baseline's non-zero parameters /
+    multiply-adds; `.compression`: baseline parameters / non-zero parameters kept (Blalock et
+    al. 2020); `.accuracy_drop`: baseline minus this stage's test accuracy, percentage points.
+    """
+    base, this = "baseline.", f"{prefix}."
+    out = {}
+    if metrics.get(base + "nonzero_params") and this + "nonzero_params" in metrics:
+        kept = metrics[this + "nonzero_params"]
+        out[this + "kept_params"] = kept / metrics[base + "nonzero_params"]
+        out[this + "compression"] = metrics[base + "params"] / max(1, kept)
+    if metrics.get(base + "macs") and this + "macs" in metrics:
+        out[this + "kept_macs"] = metrics[this + "macs"] / metrics[base + "macs"]
+    if base + "test_accuracy" in metrics and this + "test_accuracy" in metrics:
+        drop = metrics[base + "test_accuracy"] - metrics[this + "test_accuracy"]
+        out[this + "accuracy_drop"] = 100.0 * drop
+    return out

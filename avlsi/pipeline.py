@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -9,60 +10,33 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import tensorflow as tf
-import tf_keras
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 import avlsi  # noqa: F401
 from avlsi import masking, memory, record, train
-from avlsi.config import check_config, stage_command, steps_of
+from avlsi.config import check_config, effective_psize, stage_command, steps_of
 from avlsi.criteria import ScoringContext, get_scorer
-from avlsi.data import Dataset
-from avlsi.errors import UserError, clip
-from avlsi.metrics import size_metrics
+from avlsi.data import Dataset, hold_out_validation
+from avlsi.errors import UserError
+from avlsi.keys import (
+    baseline_key,
+    code_fingerprint,
+    data_fingerprint,
+    git_commit,
+    group_key,
+    job_key,
+    pruned_key,
+)
+from avlsi.metrics import relative_metrics, size_metrics
 from avlsi.models import build_model
 from avlsi.select import check_something_goes, prunable_layers, select_units
-from avlsi.store import ModelStore, config_key
+from avlsi.store import ModelStore
 
 log = logging.getLogger(__name__)
 
 STEPS = ("train", "prune", "finetune")
 BASELINES, PRUNED = "baselines", "pruned"
-
-
-def _plain(node) -> object:
-    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-
-
-def baseline_key(cfg: DictConfig) -> str:
-    """Everything that determines a trained baseline, hashed."""
-    parts = {
-        "model": _plain(cfg.model),
-        "dataset": _plain(cfg.dataset),
-        "train": _plain(cfg.train),
-        "seed": cfg.seed,
-        "tensorflow": tf.__version__,
-        "tf_keras": tf_keras.__version__,
-    }
-    return config_key(f"{cfg.model.name}-{cfg.dataset.name}-s{cfg.seed}", parts)
-
-
-def pruned_key(cfg: DictConfig) -> str:
-    """The baseline's key plus everything that determines how it was pruned."""
-    parts = {"baseline": baseline_key(cfg), "criterion": _plain(cfg.criterion), "psize": cfg.psize}
-    prefix = f"{cfg.model.name}-{cfg.dataset.name}-{cfg.criterion.name}-p{cfg.psize}-s{cfg.seed}"
-    return config_key(prefix, parts)
-
-
-# Config sections that say where results go or how they look, not what is computed.
-NOT_IN_JOB_KEY = ("mlflow", "store", "report", "verbose", "rerun")
-
-
-def job_key(cfg: DictConfig) -> str:
-    """Everything that determines a job's results, hashed: equal keys, equal runs."""
-    parts = {k: v for k, v in _plain(cfg).items() if k not in NOT_IN_JOB_KEY}
-    parts.update(tensorflow=tf.__version__, tf_keras=tf_keras.__version__, avlsi=avlsi.__version__)
-    return config_key("job", parts)
 
 
 def _command(cfg: DictConfig, stage: str) -> str:
@@ -84,7 +58,8 @@ def check_prerequisites(cfg: DictConfig, store: ModelStore) -> None:
 
 
 def load_data(cfg: DictConfig) -> Dataset:
-    return get_method(cfg.dataset._target_)(cfg.dataset, seed=cfg.seed)
+    data = get_method(cfg.dataset._target_)(cfg.dataset, seed=cfg.seed)
+    return hold_out_validation(data, cfg.dataset.val_fraction)
 
 
 def _load(path: Path):
@@ -95,6 +70,22 @@ def _save(model, output_dir: Path, name: str) -> Path:
     path = output_dir / f"{name}.keras"
     model.save(path)
     return path
+
+
+def _copy(model):
+    """A new model with the same architecture and weights."""
+    twin = tf.keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def heading(text: str) -> None:
+    """A phase heading, so that the progress bars of one job can be told apart."""
+    log.info("== %s ==", text)
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' * (n != 1)}"
 
 
 class Job:
@@ -112,12 +103,19 @@ class Job:
         record.log_metrics(metrics)
 
     def measure(self, model, prefix: str) -> None:
-        self.log(
-            {
-                f"{prefix}.test_accuracy": train.evaluate(model, self.data),
-                **size_metrics(model, prefix),
-            }
-        )
+        """Test and validation accuracy, size, and (after pruning) what was kept."""
+        metrics = {f"{prefix}.test_accuracy": train.evaluate(model, self.data)}
+        if self.data.y_val is not None and len(self.data.y_val):
+            metrics[f"{prefix}.val_accuracy"] = train.evaluate(model, self.data, split="val")
+        metrics.update(size_metrics(model, prefix))
+        self.log(metrics)
+        if prefix != "baseline":
+            self.log(relative_metrics(self.metrics, prefix))
+
+    def log_stored(self, meta: dict, *prefixes: str) -> None:
+        """Log an earlier stage's metrics from its store entry (stage-by-stage runs)."""
+        found = meta.get("metrics", {})
+        self.log({k: v for k, v in found.items() if k.split(".")[0] in prefixes})
 
     def baseline(self):
         """Train the baseline, or load the stored one with the same key."""
@@ -126,6 +124,7 @@ class Job:
         if "train" not in self.steps:
             path, meta = self.store.get(BASELINES, key)
             mlflow.set_tag("baseline.source", "reused")
+            self.log_stored(meta, "baseline")
             return _load(path)
         with self.store.lock(BASELINES, key):
             found = self.store.get(BASELINES, key) if cfg.store.reuse else None
@@ -135,18 +134,19 @@ class Job:
                 mlflow.set_tag("baseline.source", "reused")
                 model = _load(path)
                 shutil.copyfile(path, self.output_dir / "baseline.keras")
-                self.log({k: v for k, v in meta["metrics"].items() if k.startswith("baseline.")})
+                self.log_stored(meta, "baseline")
                 return model
             memory.check_model_fits(cfg, self.data)  # before building: one line, not an OOM
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
             self.check_prunable(model)  # a bad layer name fails before any training
             mlflow.set_tag("baseline.source", "trained")
+            heading(f"training the baseline {cfg.model.name} ({_epochs(cfg.train.epochs)})")
             self.fit_and_record(model, "train", "baseline")
             self.store.put(BASELINES, key, model, {"metrics": self.metrics})
             return model
 
     def check_prunable(self, model) -> list:
-        if "prune" not in self.steps:
+        if "prune" not in self.steps or not self.cfg.criterion.prunes:
             return []
         layers = prunable_layers(model, self.cfg.criterion)
         check_something_goes(layers, self.cfg.criterion, self.cfg.psize)
@@ -157,29 +157,40 @@ class Job:
         cfg = self.cfg
         layers = self.check_prunable(model)
         criterion = cfg.criterion
-        if criterion.structured:
+        masked: list[str] = []
+        if not criterion.prunes:
+            heading("no pruning (criterion=none): the baseline goes on to fine-tuning")
+            pruned = _copy(model)
+        elif criterion.structured:
+            heading(f"scoring units with {criterion.name} ({len(layers)} layers)")
             context = self.scoring_context()
             scores = get_scorer(criterion)(model, layers, context)
-            units = select_units(scores, criterion.scope, cfg.psize)
+            units = select_units(
+                scores, criterion.scope, cfg.psize, criterion.normalize, criterion.min_units
+            )
             mlflow.log_dict({k: v for k, v in units.items()}, "pruned_units.json")
+            removed = sum(len(v) for v in units.values())
+            heading(f"surgery: removing {removed} units from {len(units)} layers")
             from avlsi.surgery import delete_units
 
             pruned = delete_units(model, units)
-            masked: list[str] = []
         else:
-            pruned = tf.keras.models.clone_model(model)
-            pruned.set_weights(model.get_weights())
+            heading(f"zeroing weights by magnitude ({len(layers)} layers)")
+            pruned = _copy(model)
             masks = masking.magnitude_masks(
                 [pruned.get_layer(lyr.name) for lyr in layers],
                 criterion.scope,
                 cfg.psize,
                 criterion.threshold,
+                criterion.normalize,
+                criterion.min_units,
             )
             masking.apply_masks(pruned, masks)
             masked = list(masks)
         self.measure(pruned, "pruned")
         record.log_model_file(_save(pruned, self.output_dir, "pruned"))
-        self.store.put(PRUNED, pruned_key(cfg), pruned, {"masked_layers": masked})
+        meta = {"masked_layers": masked, "metrics": self.metrics}
+        self.store.put(PRUNED, pruned_key(cfg), pruned, meta)
         return pruned, masked
 
     def scoring_context(self) -> ScoringContext:
@@ -190,22 +201,38 @@ class Job:
 
     def load_pruned(self):
         path, meta = self.store.get(PRUNED, pruned_key(self.cfg))
+        self.log_stored(meta, "baseline", "pruned")
         model = _load(path)
         masked = meta.get("masked_layers", [])
         return model, masked
 
     def finetune(self, model, masked: list[str]) -> None:
-        if masked:
-            masking.apply_masks(model, masking.masks_from_zeros(model, masked))
-        self.fit_and_record(model, "finetune", "finetuned")
+        cfg = self.cfg
+        masks = masking.masks_from_zeros(model, masked) if masked else {}
+        if str(cfg.finetune.init) == "scratch":
+            epochs = cfg.train.epochs + cfg.finetune.epochs
+            heading(f"training the pruned architecture from scratch ({_epochs(epochs)})")
+            model = tf.keras.models.clone_model(model)  # fresh initial weights
+            if masks:
+                masking.apply_masks(model, masks)
+            settings = OmegaConf.merge(cfg.train, {"epochs": epochs})
+        else:
+            heading(f"fine-tuning ({_epochs(cfg.finetune.epochs)})")
+            if masks:
+                masking.apply_masks(model, masks)
+            settings = cfg.finetune
+        self.fit_and_record(model, settings, "finetuned")
+        record.log_keras_model(model)
 
-    def fit_and_record(self, model, phase: str, prefix: str) -> None:
-        """Train with the `phase` section's settings; log its curves, size and model file."""
+    def fit_and_record(self, model, settings: DictConfig | str, prefix: str) -> None:
+        """Train with `settings` (or the config section of that name); log curves, size, file."""
+        phase = settings if isinstance(settings, str) else "finetune"
+        section = self.cfg[settings] if isinstance(settings, str) else settings
         tf.keras.utils.set_random_seed(self.cfg.seed)
         train.fit(
             model,
             self.data,
-            self.cfg[phase],
+            section,
             verbose=self.cfg.verbose,
             callbacks=[train.EpochLogger(phase, record.log_metrics)],
             phase=phase,
@@ -215,6 +242,7 @@ class Job:
 
     def run(self) -> dict[str, float]:
         self.data = load_data(self.cfg)
+        record.log_dataset(self.data, self.cfg.dataset.name, data_fingerprint(self.cfg.dataset))
         model = masked = None
         if "train" in self.steps or "prune" in self.steps:
             model = self.baseline()
@@ -227,13 +255,50 @@ class Job:
         return self.metrics
 
 
+def run_name(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> str:
+    """Distinct names for distinct configs: model, criterion, scope (and layer), psize (or
+    threshold), seed; the stage unless `all`; scratch; a short hash of the overrides of
+    model / dataset / train / finetune / other criterion settings."""
+    criterion, psize = cfg.criterion, effective_psize(cfg)
+    parts = [choices.get("model") or cfg.model.name, criterion.name]
+    if criterion.prunes:
+        scope = str(getattr(criterion.scope, "value", criterion.scope))
+        parts.append(f"{scope}:{criterion.layer}" if scope == "layer" else scope)
+    if psize is not None:
+        parts.append(f"p{psize:g}")
+    elif criterion.threshold is not None:
+        parts.append(f"th{criterion.threshold:g}")
+    parts.append(f"s{cfg.seed}")
+    if cfg.stage.name != "all":
+        parts.append(cfg.stage.name)
+    if str(cfg.finetune.init) != "pruned":
+        parts.append(str(cfg.finetune.init))
+    shown = ("criterion.scope", "criterion.layer", "criterion.threshold")
+    hashed = sorted(
+        o.lstrip("+~")
+        for o in overrides
+        if o.lstrip("+~").startswith(("model.", "dataset.", "train.", "finetune.", "criterion."))
+        and not o.lstrip("+~").startswith(shown)
+        and not o.lstrip("+~").startswith("dataset.path")
+    )
+    if hashed:
+        parts.append(hashlib.sha256("\n".join(hashed).encode()).hexdigest()[:6])
+    return "-".join(parts)
+
+
 def run_job(
-    cfg: DictConfig, output_dir: Path, choices: dict[str, str], skip_finished: bool = False
+    cfg: DictConfig,
+    output_dir: Path,
+    choices: dict[str, str],
+    skip_finished: bool = False,
+    parent_run_id: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> dict[str, float]:
     """Check, then run one job inside its own MLflow run; returns its metrics.
 
     With skip_finished, a job whose identical config already FINISHED in the experiment
-    is not run again: its earlier run's metrics are returned.
+    is not run again: its earlier run's metrics are returned. With parent_run_id, the run
+    is a child of that (sweep) run.
     """
     check_config(cfg)
     key = job_key(cfg)
@@ -251,24 +316,43 @@ def run_job(
     train.seed_everything(cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     scope = cfg.criterion.scope.value
-    run_name = f"{cfg.model.name}-{cfg.criterion.name}-{scope}-p{cfg.psize}-s{cfg.seed}"
-    tags = {"stage": cfg.stage.name, "output_dir": str(output_dir), record.JOB_KEY_TAG: key}
-    with record.mlflow_run(cfg, run_name, tags) as run:
+    name = run_name(cfg, choices, list(overrides))
+    tags = {
+        "stage": cfg.stage.name,
+        "output_dir": str(output_dir),
+        record.JOB_KEY_TAG: key,
+        "avlsi.group_key": group_key(cfg),
+        "avlsi.code": code_fingerprint(),
+        "avlsi.data": data_fingerprint(cfg.dataset),
+    }
+    if git_commit():
+        tags["avlsi.git_commit"] = git_commit()
+    if parent_run_id:
+        tags[record.PARENT_TAG] = parent_run_id
+    with record.mlflow_run(cfg, name, tags) as run:
         record.log_config(cfg, {**choices, "scope": scope}, output_dir)
-        try:
-            metrics = Job(cfg, output_dir).run()
-        except Exception as err:  # every failed run says why, not only a UserError's
-            what = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-            mlflow.set_tag("error", clip(what)[:5000])
-            raise
-    log.info("%s: %s", run_name, results_line(metrics))
+        metrics = Job(cfg, output_dir).run()  # a failure is tagged `error` by mlflow_run
+    log.info("%s: %s", name, results_line(metrics))
+    url = record.runs_table_url(cfg.mlflow.tracking_uri, run.info.experiment_id)
     log.info(
-        "recorded as MLflow run %s in experiment '%s' (make ui shows it); models in %s",
+        "recorded as MLflow run %s in experiment '%s'; models in %s",
         run.info.run_id,
         cfg.mlflow.experiment,
         output_dir,
     )
+    log.info("runs table: %s%s", url, _ui_hint(cfg.mlflow.tracking_uri))
     return metrics
+
+
+def _ui_hint(tracking_uri: str) -> str:
+    """How to start the UI that serves `tracking_uri` locally ('' for a server)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return ""
+    from avlsi.config import PROJECT_ROOT
+
+    if record.sqlite_path(tracking_uri) == PROJECT_ROOT / "mlflow.db":
+        return " (after `make ui`)"
+    return f" (after `mlflow server --backend-store-uri {tracking_uri}`)"
 
 
 def results_line(metrics: dict[str, float]) -> str:

@@ -1,55 +1,67 @@
-"""The report of an experiment: accuracy against the size kept, per criterion, over seeds.
+"""The report of an experiment: accuracy against the size kept, per configuration, over seeds.
 
-    python -m avlsi.report [--experiment avlsi] [--out reports/avlsi] [--filter ...] [--no-log]
+    python run.py task=report [mlflow.experiment=avlsi] [report.out=DIR] [report.filter="..."]
+    python -m avlsi.report    (the same options; both compose conf/config.yaml)
 
-Reads the experiment's finished pruning runs from MLflow, and writes to the output folder
+Reads the experiment's finished job runs from MLflow (see `avlsi.runs`: one record per
+configuration and seed) and writes to `report.out`:
 
 - `accuracy_<model>_<dataset>.png`: one figure per model x dataset; test accuracy after
   fine-tuning (top row) and right after pruning (bottom row) against the fraction of
-  non-zero parameters kept (left) and of multiply-adds kept (right). One line per
-  criterion (mean over seeds, band +-1 standard deviation), `random` in black dashes as
-  the reference, the unpruned accuracy as a horizontal line, Pareto-optimal points ringed;
-- `report.csv`: one row per model x dataset x criterion x scope x psize with the mean and
-  standard deviation over seeds of every metric, `n_seeds` and the `pareto` flags;
-- `report.md`: the same rows, the readable columns only, as `mean +- std`;
+  non-zero parameters kept (left) and of multiply-adds kept (right). One line per series
+  (the criterion, plus every other key that differs between the configurations of that
+  model x dataset, e.g. `l1 · finetune.epochs=5`), points labelled with their psize (or
+  magnitude's threshold), mean over seeds with a +-1 std band; `random` in black dashes;
+  `criterion=none` (no pruning, the same fine-tuning) as a reference line; the unpruned
+  accuracy as a grey dotted line; Pareto-optimal points ringed;
+- `report.csv`: one row per configuration (everything but the seed) with the mean and
+  standard deviation over seeds of every metric, `n_seeds`, the keys that differ and
+  the `pareto` flags;
+- `report.md`: the same rows, the readable columns, accuracies in percent;
 
-and logs them as the artifacts of a run named `report` (tag `avlsi.report=true`) in the
-same experiment, so the MLflow UI shows them next to the runs.
+and logs them as artifacts: to the run `run_id` when given (a sweep's parent run), else to
+a new run named `report` (tag `avlsi.report=true`) of the experiment.
 
-A point is Pareto-optimal when no other point of its model x dataset keeps at most as
-many non-zero parameters with at least its mean fine-tuned accuracy (one of the two
-strictly better): the best accuracy for its size. `pareto_macs` is the same with MACs.
+A point is Pareto-optimal when no other pruned point of its model x dataset keeps at most
+as many non-zero parameters with at least its mean fine-tuned *validation* accuracy (one of
+the two strictly better); test accuracy stands in, with a note, where runs have no
+validation accuracy. `pareto_macs` is the same with MACs. The `none` control is a
+reference, not a candidate.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from matplotlib.ticker import PercentFormatter
+from omegaconf import DictConfig
 
-from avlsi.config import PROJECT_ROOT, configured_default
+from avlsi.config import PROJECT_ROOT
 from avlsi.errors import UserError
-from avlsi.record import sqlite_path
+from avlsi.runs import (
+    METRICS,
+    REPORT_TAG,
+    THRESHOLD,
+    label_keys,
+    open_experiment,
+    percent,
+    runs_frame,
+    search_all,
+    select_records,
+    short_name,
+)
 
-STAGES = ("baseline", "pruned", "finetuned")
-QUANTITIES = ("test_accuracy", "params", "nonzero_params", "macs")
-METRICS = [f"{stage}.{what}" for stage in STAGES for what in QUANTITIES]
 # Per run: fractions kept and the ratios Blalock et al. (2020) ask for, on the final model.
 DERIVED = ("kept_params", "kept_macs", "compression", "speedup")
-KEYS = ["model", "dataset", "criterion", "scope", "psize"]
-PARAMS = [*KEYS, "seed"]
-REPORT_TAG = "avlsi.report"
-REFERENCE = "random"
+REFERENCE, UNPRUNED_CONTROL, SCRATCH = "random", "none", "scratch"
+IDENTITY = ["model", "dataset", "criterion", "scope", "psize", THRESHOLD]
+BASELINE_KEYS = ("model.", "dataset.", "train.", "data")  # keys that change the baseline
 
 
 @dataclass
@@ -62,8 +74,10 @@ class ReportResult:
     plots: list[Path]
     table: pd.DataFrame
     n_runs: int
-    run_id: str | None = None  # the report run in MLflow, None with log_to_mlflow=False
+    run_id: str | None = None  # where the files were logged; None with log_to_mlflow=False
     notes: list[str] = field(default_factory=list)
+    own_run: bool = True  # the files went to a new `report` run (not a sweep's run)
+    legends: dict[str, list[str]] = field(default_factory=dict)  # plot name -> title, labels
 
     @property
     def files(self) -> list[Path]:
@@ -71,135 +85,41 @@ class ReportResult:
 
     def summary(self) -> str:
         pairs = self.table.groupby(["model", "dataset"]).ngroups
-        lines = [f"avlsi: report of {self.n_runs} runs ({pairs} model x dataset) in {self.out_dir}"]
+        lines = [
+            f"avlsi: report of {self.n_runs} runs ({len(self.table)} configurations, "
+            f"{pairs} model x dataset) in {self.out_dir}"
+        ]
         lines += [f"  {path}" for path in self.files]
         if self.run_id:
-            lines.append(f"  logged to MLflow as run 'report' ({self.run_id})")
+            where = "as run 'report'" if self.own_run else "to the sweep's run"
+            lines.append(f"  logged to MLflow {where} ({self.run_id})")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- reading the runs
+# ---------------------------------------------------------------- reading and aggregating
 
 
-def local_store(tracking_uri: str) -> Path | None:
-    """The file or folder a local tracking URI names (SQLAlchemy's rule for sqlite:///)."""
-    if tracking_uri.startswith("sqlite:///"):
-        return sqlite_path(tracking_uri)
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme == "" and tracking_uri:
-        return Path(tracking_uri)
-    return None  # a server, or an in-memory database
-
-
-def open_experiment(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
-    """A client and the experiment's id; never creates a store or an experiment."""
-    store = local_store(tracking_uri)
-    if store is not None and not store.exists():
-        raise UserError(
-            f"no MLflow store at {store.absolute()} (--tracking-uri {tracking_uri}); "
-            "run some jobs first, or point --tracking-uri at the store they used"
-        )
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None or found.lifecycle_stage == "deleted":
-        names = sorted(e.name for e in client.search_experiments())
-        raise UserError(
-            f"no experiment '{experiment}' in {tracking_uri}; "
-            f"existing experiments: {', '.join(names) or '(none)'}"
-        )
-    return client, found.experiment_id
-
-
-def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    runs, token = [], None
-    try:
-        while True:
-            page = client.search_runs(
-                [experiment_id], filter_string, max_results=1000, page_token=token
-            )
-            runs += page
-            token = page.token
-            if not token:
-                return runs
-    except MlflowException as err:
-        first = (str(err.message).splitlines() or [type(err).__name__])[0]
-        message = f"--filter {filter_string!r} is not a valid MLflow filter: {first}"
-        raise UserError(message) from err
-
-
-def runs_frame(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: id, status, start time, report tag, the key params, the metrics."""
-    rows = []
-    for run in runs:
-        row = {
-            "run_id": run.info.run_id,
-            "status": run.info.status,
-            "start_time": run.info.start_time,
-            "is_report": run.data.tags.get(REPORT_TAG) == "true",
-        }
-        row.update({name: run.data.params.get(name) for name in PARAMS})
-        row.update({name: run.data.metrics.get(name, np.nan) for name in METRICS})
-        rows.append(row)
-    columns = ["run_id", "status", "start_time", "is_report", *PARAMS, *METRICS]
-    frame = pd.DataFrame(rows, columns=columns)
-    frame[METRICS] = frame[METRICS].astype(float)
-    frame["psize"] = pd.to_numeric(frame["psize"], errors="coerce")
-    return frame
-
-
-def usable_runs(frame: pd.DataFrame, where: str) -> tuple[pd.DataFrame, list[str]]:
-    """Finished pruning runs that have baseline.* and pruned.* or finetuned.* metrics.
-
-    Of several runs with the same model, dataset, criterion, scope, psize and seed (a
-    sweep run twice) only the newest is kept.
-    """
-    frame = frame[~frame["is_report"].astype(bool)]
-    finished = frame["status"] == "FINISHED"
-    has_baseline = frame[[f"baseline.{what}" for what in QUANTITIES]].notna().all(axis=1)
-    has_result = frame["pruned.test_accuracy"].notna() | frame["finetuned.test_accuracy"].notna()
-    has_keys = frame[PARAMS].notna().all(axis=1)
-    usable = finished & has_baseline & has_result & has_keys
-    notes = []
-    skipped = int((finished & ~usable).sum())
-    if skipped:
-        notes.append(
-            f"ignored {skipped} finished runs without baseline.* and pruned.*/finetuned.* "
-            "metrics (stage=train/prune/finetune runs hold only their own stage's)"
-        )
-    if not usable.any():
-        counts = frame["status"].value_counts().to_dict()
+def load_records(
+    tracking_uri: str, experiment: str, filter_string: str = ""
+) -> tuple[pd.DataFrame, list[str]]:
+    """One record per configuration and seed (see `avlsi.runs`), and notes on what was left."""
+    client, experiment_id = open_experiment(tracking_uri, experiment)
+    frame = runs_frame(search_all(client, experiment_id, filter_string))
+    selection = select_records(frame)
+    if selection.records.empty:
+        data = frame[frame["is_data"]] if len(frame) else frame
+        counts = data["status"].value_counts().to_dict()
         seen = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
+        where = f"experiment '{experiment}'"
+        if filter_string:
+            where += f" with report.filter={filter_string!r}"
         raise UserError(
             f"{where} has no finished pruning runs ({seen}; a run needs "
             "baseline.* and pruned.* or finetuned.* metrics); run a sweep first, e.g. "
             "python run.py -m criterion=l1,random psize=0.1,0.3,0.5 seed=0,1,2"
         )
-    runs = frame[usable].sort_values("start_time")
-    newest = runs.drop_duplicates(PARAMS, keep="last")
-    if len(newest) < len(runs):
-        notes.append(
-            f"ignored {len(runs) - len(newest)} older runs repeating the same model, dataset, "
-            "criterion, scope, psize and seed (use --filter to pick runs instead)"
-        )
-    return newest.reset_index(drop=True), notes
-
-
-def load_runs(
-    tracking_uri: str, experiment: str, filter_string: str = ""
-) -> tuple[pd.DataFrame, list[str]]:
-    """The experiment's usable pruning runs (see `usable_runs`) and notes on what was skipped."""
-    client, experiment_id = open_experiment(tracking_uri, experiment)
-    frame = runs_frame(search_all(client, experiment_id, filter_string))
-    where = f"experiment '{experiment}'"
-    if filter_string:
-        where += f" with --filter {filter_string!r}"
-    return usable_runs(frame, where)
-
-
-# ---------------------------------------------------------------- aggregating
+    return selection.records, selection.notes
 
 
 def add_ratios(runs: pd.DataFrame) -> pd.DataFrame:
@@ -219,18 +139,45 @@ def add_ratios(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per model x dataset x criterion x scope x psize: mean and std over seeds.
+def point_label(psize: str | None, threshold: str | None) -> str:
+    """What a point of a series stands for: its psize, or magnitude's threshold."""
+    if threshold not in (None, "None"):
+        return f"t={threshold}"
+    return "—" if psize in (None, "None") else f"{float(psize):g}"
 
-    The std is the sample standard deviation (NaN for a single seed).
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: mean and sample std over seeds (std NaN for one seed).
+
+    Adds `point` (psize or threshold), `series` (criterion plus the keys that tell the
+    configuration apart within its model x dataset) and a column per such key.
     """
     values = [*METRICS, *DERIVED]
-    grouped = runs.groupby(KEYS, sort=True)
+    grouped = runs.groupby("group", sort=False)
+    first = grouped[[*IDENTITY, "config"]].first()
     mean = grouped[values].mean().add_suffix("_mean")
     std = grouped[values].std(ddof=1).add_suffix("_std")
-    table = pd.concat([grouped["seed"].nunique().rename("n_seeds"), mean, std], axis=1)
-    order = ["n_seeds"] + [f"{v}_{s}" for v in values for s in ("mean", "std")]
-    return table[order].reset_index()
+    stats = [f"{v}_{s}" for v in values for s in ("mean", "std")]
+    table = pd.concat([first, grouped["seed"].nunique().rename("n_seeds"), mean, std], axis=1)
+    table = table.reset_index()
+    points = zip(table["psize"], table[THRESHOLD], strict=True)
+    table["point"] = [point_label(psize, threshold) for psize, threshold in points]
+    table["series"], extra = "", []
+    for _, rows in table.groupby(["model", "dataset"]):
+        for index, keys in zip(rows.index, label_keys(list(rows["config"])), strict=True):
+            config = table.at[index, "config"]
+            parts = [table.at[index, "criterion"]]
+            parts += [f"{short_name(k)}={config.get(k)}" for k in keys]
+            table.at[index, "series"] = " · ".join(parts)
+            extra += [k for k in keys if k not in extra and k not in IDENTITY]
+    for key in sorted(extra):
+        table[key] = [config.get(key) for config in table["config"]]
+    table["_psize"] = pd.to_numeric(table["psize"], errors="coerce")
+    table["_threshold"] = pd.to_numeric(table[THRESHOLD], errors="coerce")
+    table = table.sort_values(["model", "dataset", "series", "_psize", "_threshold"])
+    table = table.drop(columns=["_psize", "_threshold"]).reset_index(drop=True)
+    front = ["model", "dataset", "series", "criterion", "scope", "psize", THRESHOLD, "point"]
+    return table[[*front, *sorted(extra), "n_seeds", *stats, "group", "config"]]
 
 
 def pareto_front(size: np.ndarray, accuracy: np.ndarray, rtol: float = 1e-3) -> np.ndarray:
@@ -249,179 +196,247 @@ def pareto_front(size: np.ndarray, accuracy: np.ndarray, rtol: float = 1e-3) -> 
     return front
 
 
-def mark_pareto(table: pd.DataFrame) -> pd.DataFrame:
-    """`pareto` (against params kept) and `pareto_macs`, within each model x dataset."""
+def mark_pareto(table: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """`pareto` (params kept) and `pareto_macs` by fine-tuned validation accuracy.
+
+    Within each model x dataset, over the pruned configurations (not the `none` control).
+    Where a candidate has no validation accuracy, test accuracy decides, with a note.
+    """
     table = table.copy()
     table["pareto"] = table["pareto_macs"] = False
-    accuracy = "finetuned.test_accuracy_mean"
-    for _, group in table.groupby(["model", "dataset"]):
+    table["pareto_by"] = ""
+    for (model, dataset), group in table.groupby(["model", "dataset"]):
+        group = group[group["criterion"] != UNPRUNED_CONTROL]
+        scored = group[group["finetuned.test_accuracy_mean"].notna()]
+        by = "val_accuracy"
+        if scored["finetuned.val_accuracy_mean"].isna().any():
+            by = "test_accuracy"
+            notes.append(
+                f"{model} on {dataset}: Pareto marks use test accuracy "
+                "(some runs have no finetuned.val_accuracy)"
+            )
+        accuracy = group[f"finetuned.{by}_mean"]
+        table.loc[group.index, "pareto_by"] = f"finetuned.{by}"
         for column, size in (("pareto", "kept_params_mean"), ("pareto_macs", "kept_macs_mean")):
-            table.loc[group.index, column] = pareto_front(group[size], group[accuracy])
+            table.loc[group.index, column] = pareto_front(group[size], accuracy)
     return table
 
 
 # ---------------------------------------------------------------- plotting
 
-AXES = (
+AXES_X = (
     ("kept_params", "fraction of parameters kept (non-zero params / unpruned)", "pareto"),
     ("kept_macs", "fraction of multiply-adds kept (MACs / unpruned)", "pareto_macs"),
 )
 ROWS = (("finetuned", "after fine-tuning"), ("pruned", "after pruning, before fine-tuning"))
+CONTROL_COLOR = "C4"  # purple: the `none` control
+PALETTE = [f"C{i}" for i in range(10) if i not in (4, 7)]  # C7 is grey like the references
 
 
-def _styles(lines: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-    """Colour per criterion x scope; random always black, dashed."""
-    palette = [f"C{i}" for i in range(10) if i != 7]  # C7 is grey, close to the reference
+def _is_scratch(config: dict) -> bool:
+    return config.get("finetune.init") == SCRATCH
+
+
+def _styles(series: pd.DataFrame) -> dict[str, dict]:
+    """Per series label: random black dashed, scratch dotted squares, others solid."""
     styles, others, dashes = {}, 0, ["--", "-.", (0, (1, 1))]
-    for criterion, scope in lines:
+    for label, config, criterion in series[["series", "config", "criterion"]].values:
         if criterion == REFERENCE:
-            dash = dashes[sum(c == REFERENCE for c, _ in styles) % len(dashes)]
-            styles[criterion, scope] = {"color": "black", "linestyle": dash, "marker": "x"}
-        else:
-            styles[criterion, scope] = {
-                "color": palette[others % len(palette)],
-                "linestyle": "-",
-                "marker": "o",
-            }
-            others += 1
+            dash = dashes[sum(s["color"] == "black" for s in styles.values()) % len(dashes)]
+            styles[label] = {"color": "black", "linestyle": dash, "marker": "x"}
+            continue
+        scratch = _is_scratch(config)
+        styles[label] = {
+            "color": PALETTE[others % len(PALETTE)],
+            "linestyle": (0, (1, 1.5)) if scratch else "-",
+            "marker": "s" if scratch else "o",
+        }
+        others += 1
     return styles
 
 
-def _seeds(rows: pd.DataFrame) -> str:
-    low, high = rows["n_seeds"].min(), rows["n_seeds"].max()
+def seeds_text(table: pd.DataFrame) -> str:
+    """`mean ± std over N seeds` when there is a spread to show, else `one seed`."""
+    low, high = int(table["n_seeds"].min()), int(table["n_seeds"].max())
+    if high == 1:
+        return "one seed"
     count = f"{low}" if low == high else f"{low}-{high}"
-    return f"{count} seed" + ("" if high == 1 else "s")
+    return f"mean ± std over {count} seeds"
 
 
-def plot_group(table: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
-    """One figure for one model x dataset: 2 x 2 panels (see the module docstring)."""
+def unpruned_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[tuple[str, float, float]]:
+    """(label, mean, std) of the unpruned test accuracy per distinct baseline configuration."""
+    keys = sorted({k for k in table.columns if k.startswith(BASELINE_KEYS) and k not in IDENTITY})
+    runs = runs.assign(_base=runs["baseline_key"].fillna("seed=" + runs["seed"].astype(str)))
+    lines = []
+    values = runs["config"].map(lambda c: tuple(c.get(k) for k in keys))
+    for value in sorted(set(values), key=str):
+        mine = runs[values == value].drop_duplicates("_base")["baseline.test_accuracy"]
+        label = " · ".join(["unpruned", *(f"{k}={v}" for k, v in zip(keys, value, strict=True))])
+        lines.append((label, mine.mean(), np.nan_to_num(mine.std(ddof=1))))
+    return lines
+
+
+def _plot_series(ax, rows: pd.DataFrame, size: str, accuracy: str, style: dict, label: str):
+    """One series' mean line and ±1 std band; returns its points (x, y, psize label)."""
+    rows = rows.dropna(subset=[f"{size}_mean", f"{accuracy}_mean"]).sort_values(f"{size}_mean")
+    x, y = rows[f"{size}_mean"], rows[f"{accuracy}_mean"]
+    spread = rows[f"{accuracy}_std"].fillna(0.0)
+    ax.plot(x, y, label=label, linewidth=2, markersize=5, **style)
+    ax.fill_between(x, y - spread, y + spread, color=style["color"], alpha=0.12, linewidth=0)
+    return list(zip(x, y, rows["point"], strict=True))
+
+
+def _label_points(ax, points: list[tuple[float, float, str]]) -> None:
+    """Each psize once per spot: above the highest of the points that share it (x within 1%)."""
+    spots: dict[tuple[str, float], float] = {}
+    for x, y, text in points:
+        spot = next((s for s in spots if s[0] == text and abs(s[1] - x) <= 0.01), (text, x))
+        spots[spot] = max(spots.get(spot, -np.inf), y)
+    for (text, x), y in spots.items():
+        ax.annotate(
+            text, (x, y), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8,
+            color="0.2",
+        )  # fmt: skip
+
+
+def _plot_control(ax, rows: pd.DataFrame, accuracy: str, label: str) -> None:
+    """criterion=none: its fine-tuned accuracy as a line, and a star at kept 1.0."""
+    mean = rows[f"{accuracy}_mean"].mean()
+    if np.isnan(mean):
+        return
+    label += f" ({percent(mean)})"
+    ax.axhline(mean, color=CONTROL_COLOR, linestyle="-.", linewidth=1.5, label=label)
+    ax.plot([1.0], [mean], marker="*", markersize=12, color=CONTROL_COLOR, linestyle="none")
+
+
+def plot_group(table: pd.DataFrame, runs: pd.DataFrame, path: Path) -> list[str]:
+    """One figure for one model x dataset (2 x 2 panels, see the module docstring) at path.
+
+    Returns its title and legend labels.
+    """
     model, dataset = table["model"].iloc[0], table["dataset"].iloc[0]
-    pairs = table.groupby(["criterion", "scope"]).groups
-    lines = sorted(pairs, key=lambda pair: (pair[0] == REFERENCE, pair))  # random drawn last
-    styles = _styles(lines)
-    several_scopes = table["scope"].nunique() > 1
-    baseline = runs.drop_duplicates(["seed"])["baseline.test_accuracy"]  # one per seed
-    base_mean, base_std = baseline.mean(), np.nan_to_num(baseline.std(ddof=1))
+    control = table[table["criterion"] == UNPRUNED_CONTROL]
+    pruned = table[table["criterion"] != UNPRUNED_CONTROL]
+    order = pruned.drop_duplicates("series")
+    order = order.assign(_ref=order["criterion"] == REFERENCE).sort_values(["_ref", "series"])
+    styles = _styles(order)
+    seeds_vary = table["n_seeds"].nunique() > 1  # else the title says it for all
+    unpruned = unpruned_lines(table, runs)
 
-    fig = Figure(figsize=(12, 10), layout="constrained")
+    fig = Figure(figsize=(13, 10.5), layout="constrained")
     axes = fig.subplots(2, 2, sharex="col", sharey="row", squeeze=False)
     for (stage, row_title), row in zip(ROWS, axes, strict=True):
         accuracy = f"{stage}.test_accuracy"
-        for (size, xlabel, pareto), ax in zip(AXES, row, strict=True):
-            for criterion, scope in lines:
-                rows = table[(table["criterion"] == criterion) & (table["scope"] == scope)]
-                rows = rows.dropna(subset=[f"{size}_mean", f"{accuracy}_mean"])
-                rows = rows.sort_values(f"{size}_mean")
-                x, y = rows[f"{size}_mean"], rows[f"{accuracy}_mean"]
-                spread = rows[f"{accuracy}_std"].fillna(0.0)
-                label = criterion + (f" [{scope}]" if several_scopes else "")
-                label += f" ({_seeds(rows)})" if len(rows) else " (no runs)"
-                style = styles[criterion, scope]
-                ax.plot(x, y, label=label, linewidth=2, markersize=5, **style)
-                ax.fill_between(
-                    x, y - spread, y + spread, color=style["color"], alpha=0.15, linewidth=0
-                )
-            ax.axhline(
-                base_mean,
-                color="0.4",
-                linestyle=":",
-                linewidth=1.5,
-                label=f"unpruned ({base_mean:.4f})",
-            )
-            if base_std > 0:
-                ax.axhspan(base_mean - base_std, base_mean + base_std, color="0.5", alpha=0.1)
-            ax.plot([1.0], [base_mean], marker="D", color="0.4", linestyle="none")
+        for (size, xlabel, pareto), ax in zip(AXES_X, row, strict=True):
+            points = []
+            for label in order["series"]:
+                rows = pruned[pruned["series"] == label]
+                shown = label + (f" ({seeds_text(rows)})" if seeds_vary else "")
+                points += _plot_series(ax, rows, size, accuracy, styles[label], shown)
+            _label_points(ax, points)
             if stage == "finetuned":
-                best = table[table[pareto]]
+                for label, rows in control.groupby("series", sort=True):
+                    rest = label.removeprefix(UNPRUNED_CONTROL)
+                    _plot_control(ax, rows, accuracy, f"none (unpruned, same fine-tuning){rest}")
+            for i, (label, mean, std) in enumerate(unpruned):
+                grey = str(0.4 + 0.15 * i)
+                ax.axhline(mean, color=grey, linestyle=":", linewidth=1.5,
+                           label=f"{label} ({percent(mean)})")  # fmt: skip
+                if std > 0:
+                    ax.axhspan(mean - std, mean + std, color=grey, alpha=0.1)
+                ax.plot([1.0], [mean], marker="D", color=grey, linestyle="none")
+            if stage == "finetuned":
+                best = pruned[pruned[pareto]]
+                by_val = (best["pareto_by"] == "finetuned.val_accuracy").all()
+                by = "validation" if by_val else "test"
                 ax.scatter(
-                    best[f"{size}_mean"],
-                    best[f"{accuracy}_mean"],
-                    marker="o",
-                    s=220,
-                    facecolor="none",
-                    edgecolor="black",
-                    linewidth=1.6,
-                    zorder=5,
-                    label="ringed: Pareto-optimal (best accuracy for its size)",
-                )
+                    best[f"{size}_mean"], best[f"{accuracy}_mean"], marker="o", s=220,
+                    facecolor="none", edgecolor="black", linewidth=1.6, zorder=5,
+                    label=f"ringed: Pareto-optimal by {by} accuracy (best for its size)",
+                )  # fmt: skip
             what = "parameters" if size == "kept_params" else "multiply-adds"
             ax.set_title(f"{row_title}, vs. {what} kept", fontsize=11)
             ax.grid(alpha=0.3)
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
             if stage == "pruned":
                 ax.set_xlabel(xlabel)
-        row[0].set_ylabel("test accuracy (fraction correct)")
+        row[0].set_ylabel("test accuracy")
 
-    title = f"{model} on {dataset}: test accuracy vs. size kept (mean ± 1 std over seeds)"
+    title = f"{model} on {dataset}: test accuracy vs. size kept ({seeds_text(table)})"
     if REFERENCE not in set(table["criterion"]):
-        title += "\nno random-pruning runs in this sweep: no reference baseline to compare with"
+        title += "\nno random-pruning runs: no reference baseline to compare with"
     fig.suptitle(title, fontsize=13, fontweight="bold")
     handles, labels = axes[0, 0].get_legend_handles_labels()
+    legend_title = "points labelled with psize (t= : magnitude threshold)"
+    if int(table["n_seeds"].max()) > 1:
+        legend_title += "; line = mean, band = ±1 std over seeds"
     fig.legend(
-        handles,
-        labels,
-        loc="outside lower center",
-        ncol=min(len(labels), 4),
-        fontsize=10,
-        title="criterion: line = mean, band = ±1 std over seeds",
-        title_fontsize=10,
-    )
+        handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9,
+        title=legend_title, title_fontsize=9,
+    )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    return path
+    return [title, *labels]
 
 
-def plot_all(table: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
-    paths = []
+def plot_all(table: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> dict[Path, list[str]]:
+    """One figure per model x dataset: path -> its title and legend labels."""
+    plots = {}
     for (model, dataset), group in table.groupby(["model", "dataset"]):
         mine = runs[(runs["model"] == model) & (runs["dataset"] == dataset)]
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"accuracy_{model}_{dataset}") + ".png"
-        paths.append(plot_group(group, mine, out_dir / name))
-    return paths
+        plots[out_dir / name] = plot_group(group, mine, out_dir / name)
+    return plots
 
 
 # ---------------------------------------------------------------- tables
 
 
-def _cell(mean: float, std: float, digits: int) -> str:
+def _cell(mean: float, std: float, digits: int, scale: float = 1.0) -> str:
     if pd.isna(mean):
         return "—"
-    text = f"{mean:.{digits}f}"
-    return text if pd.isna(std) or std == 0 else f"{text} ± {std:.{digits}f}"
+    text = f"{scale * mean:.{digits}f}"
+    return text if pd.isna(std) or std == 0 else f"{text} ± {scale * std:.{digits}f}"
 
 
-MD_COLUMNS = (  # header, value, digits
-    ("params kept", "kept_params", 3),
-    ("MACs kept", "kept_macs", 3),
-    ("compression", "compression", 2),
-    ("speed-up", "speedup", 2),
-    ("baseline acc", "baseline.test_accuracy", 4),
-    ("pruned acc", "pruned.test_accuracy", 4),
-    ("fine-tuned acc", "finetuned.test_accuracy", 4),
+MD_COLUMNS = (  # header, value, digits, scale
+    ("params kept %", "kept_params", 1, 100),
+    ("MACs kept %", "kept_macs", 1, 100),
+    ("compression", "compression", 2, 1),
+    ("speed-up", "speedup", 2, 1),
+    ("baseline acc %", "baseline.test_accuracy", 2, 100),
+    ("pruned acc %", "pruned.test_accuracy", 2, 100),
+    ("fine-tuned acc %", "finetuned.test_accuracy", 2, 100),
+    ("fine-tuned val acc %", "finetuned.val_accuracy", 2, 100),
 )
+
+
+def extra_columns(table: pd.DataFrame) -> list[str]:
+    """The columns of keys that differ between configurations (beyond the fixed ones)."""
+    fixed = {"series", "point", "n_seeds", "group", "config", "pareto", "pareto_macs"}
+    fixed |= set(IDENTITY) | {"pareto_by"}
+    return [c for c in table.columns if c not in fixed and not c.endswith(("_mean", "_std"))]
 
 
 def markdown(
     table: pd.DataFrame, experiment: str, n_runs: int, notes: list[str], plots: list[Path]
 ) -> str:
-    header = [
-        "model",
-        "dataset",
-        "criterion",
-        "scope",
-        "psize",
-        "seeds",
-        *(h for h, _, _ in MD_COLUMNS),
-        "Pareto",
-    ]
+    extra = extra_columns(table)
+    header = ["model", "dataset", "criterion", "scope", *map(short_name, extra), "psize", "seeds"]
+    header += [h for h, *_ in MD_COLUMNS] + ["Pareto"]
     lines = [
         f"# Pruning report: experiment `{experiment}`",
         "",
-        f"{n_runs} runs; mean ± sample standard deviation over seeds. Sizes are those of the "
-        "fine-tuned model: non-zero parameters and multiply-adds, as fractions of the unpruned "
-        "model's. Compression = unpruned params / non-zero params; speed-up = unpruned MACs / "
-        "MACs. No ± means no spread (or one seed). Pareto: no other point of the same model x "
-        "dataset keeps at most as many non-zero parameters with at least the same fine-tuned "
-        "accuracy (one of the two strictly better).",
+        f"{n_runs} runs, {len(table)} configurations; mean ± sample standard deviation over "
+        "seeds (no ± means one seed or no spread). Sizes are those of the fine-tuned model: "
+        "non-zero parameters and multiply-adds, as percentages of the unpruned model's. "
+        "Compression = unpruned params / non-zero params; speed-up = unpruned MACs / MACs. "
+        "Accuracies are test accuracies except the validation column. Pareto: no other pruned "
+        "configuration of the same model x dataset keeps at most as many non-zero parameters "
+        "with at least the same fine-tuned validation accuracy (one of the two strictly "
+        "better). psize `t=...` is magnitude's threshold; criterion `none` is the unpruned "
+        "model with the same fine-tuning.",
         "",
         *(f"- note: {note}" for note in notes),
         "",
@@ -429,15 +444,10 @@ def markdown(
         "|" + "|".join("---" for _ in header) + "|",
     ]
     for _, row in table.iterrows():
-        cells = [
-            row["model"],
-            row["dataset"],
-            row["criterion"],
-            row["scope"],
-            f"{row['psize']:g}",
-            str(row["n_seeds"]),
-        ]
-        cells += [_cell(row[f"{v}_mean"], row[f"{v}_std"], d) for _, v, d in MD_COLUMNS]
+        cells = [row["model"], row["dataset"], row["criterion"], str(row["scope"])]
+        cells += [str(row[key]) for key in extra]
+        cells += [row["point"], str(row["n_seeds"])]
+        cells += [_cell(row[f"{v}_mean"], row[f"{v}_std"], d, s) for _, v, d, s in MD_COLUMNS]
         cells.append("yes" if row["pareto"] else "")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *(f"![{p.stem}]({p.name})" for p in plots), ""]
@@ -447,7 +457,7 @@ def markdown(
 def write_tables(table: pd.DataFrame, out_dir: Path, text: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     csv, md = out_dir / "report.csv", out_dir / "report.md"
-    table.to_csv(csv, index=False, float_format="%.10g")
+    table.drop(columns="config").to_csv(csv, index=False, float_format="%.10g")
     md.write_text(text, encoding="utf-8")
     return csv, md
 
@@ -456,10 +466,21 @@ def write_tables(table: pd.DataFrame, out_dir: Path, text: str) -> tuple[Path, P
 
 
 def log_report(
-    tracking_uri: str, experiment: str, files: list[Path], description: str, params: dict[str, str]
+    tracking_uri: str,
+    experiment: str,
+    files: list[Path],
+    description: str,
+    params: dict[str, str],
+    run_id: str | None = None,
 ) -> str:
-    """A FINISHED run named `report`, tagged avlsi.report=true, holding `files`; its id."""
+    """Log `files` to the run `run_id`, or to a new FINISHED run named `report`; its id."""
     client, experiment_id = open_experiment(tracking_uri, experiment)
+    if run_id is not None:
+        for name, value in params.items():
+            client.set_tag(run_id, f"avlsi.report.{name}", value)
+        for path in files:
+            client.log_artifact(run_id, str(path))
+        return run_id
     tags = {REPORT_TAG: "true", "mlflow.note.content": description}
     run = client.create_run(experiment_id, run_name="report", tags=tags)
     run_id = run.info.run_id
@@ -485,77 +506,113 @@ def make_report(
     out_dir: str | Path | None = None,
     log_to_mlflow: bool = True,
     filter_string: str = "",
+    run_id: str | None = None,
 ) -> ReportResult:
     """Read the experiment's runs; write plots and tables to out_dir; log them to MLflow.
 
+    run_id: log the files to this run (a sweep's parent run) instead of a new `report` run.
     Raises UserError for a missing store, an unknown experiment, a bad filter, or an
     experiment without finished pruning runs.
     """
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(experiment)
-    runs, notes = load_runs(tracking_uri, experiment, filter_string)
+    runs, notes = load_records(tracking_uri, experiment, filter_string)
     runs = add_ratios(runs)
-    table = mark_pareto(aggregate(runs))
+    table = mark_pareto(aggregate(runs), notes)
     for (model, dataset), group in table.groupby(["model", "dataset"]):
         if REFERENCE not in set(group["criterion"]):
             notes.append(f"{model} on {dataset} has no random-pruning runs to compare with")
-    plots = plot_all(table, runs, out_dir)
+    legends = plot_all(table, runs, out_dir)
+    plots = list(legends)
     text = markdown(table, experiment, len(runs), notes, plots)
     csv, md = write_tables(table, out_dir, text)
     result = ReportResult(out_dir, csv, md, plots, table, len(runs), notes=notes)
+    result.legends = {path.name: labels for path, labels in legends.items()}
     if log_to_mlflow:
         params = {"filter": filter_string or "(none)", "n_runs": str(len(runs))}
-        result.run_id = log_report(tracking_uri, experiment, result.files, text, params)
+        files = result.files
+        result.run_id = log_report(tracking_uri, experiment, files, text, params, run_id)
+        result.own_run = run_id is None
     return result
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m avlsi.report",
-        description="Plots and tables of accuracy against size kept, from an experiment's "
-        "pruning runs in MLflow; logged back as a run named 'report'.",
+def report_from_config(
+    cfg: DictConfig, out: str | Path | None = None, run_id: str | None = None
+) -> ReportResult:
+    """The report a composed config asks for (mlflow.*, report.*); `out` if report.out unset."""
+    return make_report(
+        str(cfg.mlflow.tracking_uri),
+        str(cfg.mlflow.experiment),
+        cfg.report.out or out,
+        log_to_mlflow=bool(cfg.report.log),
+        filter_string=str(cfg.report.filter or ""),
+        run_id=run_id,
     )
-    parser.add_argument(
-        "--tracking-uri",
-        default=configured_default("mlflow.tracking_uri"),
-        help="MLflow tracking URI (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--experiment",
-        default=configured_default("mlflow.experiment"),
-        help="experiment name (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="output folder (default: <project>/reports/<experiment>)",
-    )
-    parser.add_argument(
-        "--filter",
-        default="",
-        metavar="FILTER",
-        help="MLflow search filter, e.g. \"params.model = 'cnn'\"",
-    )
-    parser.add_argument(
-        "--no-log",
-        action="store_true",
-        help="only write the files, do not log a report run to MLflow",
-    )
-    return parser.parse_args(argv)
+
+
+USAGE = """\
+usage: python -m avlsi.report [key=value ...]   (or: python run.py task=report [key=value ...])
+
+Plots and tables of accuracy against size kept, from an experiment's runs in MLflow; the
+files are logged back to MLflow as a run named 'report'. Options (Hydra overrides of
+conf/config.yaml):
+  mlflow.experiment=NAME      the experiment to read (default: {experiment})
+  mlflow.tracking_uri=URI     the MLflow store (default: {uri})
+  report.out=DIR              output folder (default: <project>/reports/<experiment>)
+  report.filter="FILTER"      an MLflow search filter picking runs, quoted for Hydra, e.g.
+                              "report.filter=\\"params.model = 'cnn'\\""  (bash)
+  report.log=false            only write the files, log nothing to MLflow
+"""
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """conf/config.yaml composed with Hydra's compose API and these overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from avlsi.config import register
+
+    register()
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Each override parses; a value with spaces needs quotes, which the message shows."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as err:
+            key, _, value = override.partition("=")
+            raise UserError(
+                f"cannot read {override!r} ({str(err).splitlines()[-1]}); quote a value with "
+                f'spaces for Hydra, so that the argument reads {key}="{value}"'
+            ) from None
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    """`python -m avlsi.report key=value ...`: every mistake is one line."""
+    from avlsi.cli import describe, is_user_mistake
+
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        result = make_report(
-            args.tracking_uri,
-            args.experiment,
-            args.out,
-            log_to_mlflow=not args.no_log,
-            filter_string=args.filter,
-        )
-    except UserError as err:
-        print(f"avlsi: error: {err}", file=sys.stderr)
+        if any(arg in ("-h", "--help") for arg in argv):
+            cfg = compose_config([])
+            print(USAGE.format(experiment=cfg.mlflow.experiment, uri=cfg.mlflow.tracking_uri))
+            return
+        if flags := [arg for arg in argv if arg.startswith("-")]:
+            raise UserError(
+                f"unknown option {flags[0]}; options are Hydra overrides such as "
+                "mlflow.experiment=NAME (python -m avlsi.report --help)"
+            )
+        check_overrides(argv)
+        result = report_from_config(compose_config(argv))
+    except Exception as err:
+        if not is_user_mistake(err):
+            raise
+        print(f"avlsi: error: {describe(err)}", file=sys.stderr)
         sys.exit(2)
     print(result.summary())
 

@@ -1,13 +1,14 @@
 """Which layers may lose units, and which units go: scores + scope + psize -> indices.
 
 Rules: the lowest scores go first (ties: the lower index first, earlier layer first);
-`layerwise` and `global` never touch the first conv layer or the output layer; no layer
-ever loses all its units.
+`layerwise` and `global` never touch the first conv layer or the output layer; a layer
+never goes below `criterion.min_units` units (default 1: no layer loses all its units).
+`psize x units` is rounded half up exactly, on the decimal psize the user typed.
 """
 
 from __future__ import annotations
 
-import math
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
@@ -17,9 +18,18 @@ from avlsi.models import OUTPUT_LAYER
 PRUNABLE_TYPES = ("Conv2D", "Dense")
 
 
-def n_to_remove(psize: float, n_units: int) -> int:
-    """round(psize * n), half up, never all n units."""
-    return max(0, min(n_units - 1, math.floor(psize * n_units + 0.5)))
+def share_of(psize: float, count: int) -> int:
+    """psize x count rounded half up, exactly: 0.29 x 50 = 14.5 -> 15 (float arithmetic: 14).
+
+    psize is read as the decimal it prints as (`str`: the shortest repr, i.e. what was typed).
+    """
+    exact = Decimal(str(psize)) * count
+    return max(0, int(exact.to_integral_value(rounding=ROUND_HALF_UP)))
+
+
+def n_to_remove(psize: float, n_units: int, min_units: int = 1) -> int:
+    """psize x n_units (rounded half up), leaving the layer at least `min_units` units."""
+    return max(0, min(n_units - min_units, share_of(psize, n_units)))
 
 
 def _units(layer) -> int:
@@ -86,33 +96,84 @@ def prunable_layers(model, criterion) -> list:
     return [layer]
 
 
-def rms_normalise(scores: np.ndarray) -> np.ndarray:
-    """Divide by the root mean square, so layers of different scale can be ranked together."""
-    rms = float(np.sqrt(np.mean(np.square(scores, dtype=np.float64))))
-    return scores / rms if rms > 0 else np.zeros_like(scores, dtype=np.float64)
+def _scale(how: str, scores: np.ndarray) -> float:
+    magnitudes = np.abs(scores)
+    if how == "rms":
+        return float(np.sqrt(np.mean(np.square(magnitudes))))
+    if how == "l2":
+        return float(np.sqrt(np.sum(np.square(magnitudes))))
+    if how == "max":
+        return float(np.max(magnitudes))
+    return float(np.mean(magnitudes))  # mean
 
 
-def select_units(scores: dict[str, np.ndarray], scope: str, psize: float) -> dict[str, list[int]]:
-    """The unit indices to remove from each layer (ascending), lowest scores first."""
+NORMALISERS = ("rms", "l2", "max", "mean", "none")
+
+
+def normalise(scores: np.ndarray, how: str = "rms") -> np.ndarray:
+    """One layer's scores divided by their rms, l2 norm, max |s| or mean |s| (or left as are).
+
+    So that layers of different scale can be ranked together (scope=global). A layer whose
+    scores are all zero stays all zero.
+    """
+    how = str(getattr(how, "value", how))
+    if how not in NORMALISERS:
+        raise UserError(
+            f"criterion.normalize={how} is not known; choose one of: {', '.join(NORMALISERS)}"
+        )
+    scores = np.asarray(scores, dtype=np.float64)
+    if how == "none" or scores.size == 0:
+        return scores
+    scale = _scale(how, scores)
+    return scores / scale if scale > 0 else np.zeros_like(scores)
+
+
+def lowest_within_caps(values: np.ndarray, owner: np.ndarray, caps, budget: int) -> np.ndarray:
+    """Positions of the `budget` lowest values, at most caps[o] of them from each owner o.
+
+    The same as walking the values from the lowest (ties: lower position first) and skipping
+    those whose owner has given its cap, done without a Python loop (for millions of weights).
+    """
+    order = np.argsort(values, kind="stable")
+    owners = np.asarray(owner)[order]
+    by_owner = np.argsort(owners, kind="stable")  # each owner's values, lowest first
+    grouped = owners[by_owner]
+    starts = np.searchsorted(grouped, grouped, side="left")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[by_owner] = np.arange(len(order)) - starts  # 0 = the owner's lowest value
+    allowed = order[rank < np.asarray(caps, dtype=np.int64)[owners]]
+    return allowed[: max(0, budget)]
+
+
+def select_units(
+    scores: dict[str, np.ndarray],
+    scope: str,
+    psize: float,
+    normalize: str = "rms",
+    min_units: int = 1,
+) -> dict[str, list[int]]:
+    """The unit indices to remove from each layer (ascending), lowest scores first.
+
+    `global` ranks every layer's scores together after `normalise(scores, normalize)` and
+    removes psize of all the units; every scope leaves each layer `min_units` units.
+    """
     scope = str(getattr(scope, "value", scope))
     if scope != "global":
         return {
-            name: sorted(np.argsort(s, kind="stable")[: n_to_remove(psize, len(s))].tolist())
+            name: sorted(
+                np.argsort(s, kind="stable")[: n_to_remove(psize, len(s), min_units)].tolist()
+            )
             for name, s in scores.items()
         }
     names = list(scores)
-    flat = np.concatenate([rms_normalise(np.asarray(scores[n], dtype=np.float64)) for n in names])
-    owner = np.concatenate([np.full(len(scores[n]), i) for i, n in enumerate(names)])
-    index = np.concatenate([np.arange(len(scores[n])) for n in names])
-    budget = math.floor(psize * len(flat) + 0.5)
+    sizes = [len(scores[n]) for n in names]
+    flat = np.concatenate([normalise(scores[n], normalize) for n in names])
+    owner = np.repeat(np.arange(len(names)), sizes)
+    index = np.concatenate([np.arange(size) for size in sizes])
+    caps = [max(0, size - min_units) for size in sizes]
     chosen: dict[str, list[int]] = {n: [] for n in names}
-    for pos in np.argsort(flat, kind="stable"):
-        if budget == 0:
-            break
-        name = names[owner[pos]]
-        if len(chosen[name]) < len(scores[name]) - 1:
-            chosen[name].append(int(index[pos]))
-            budget -= 1
+    for pos in lowest_within_caps(flat, owner, caps, share_of(psize, len(flat))):
+        chosen[names[owner[pos]]].append(int(index[pos]))
     return {name: sorted(idx) for name, idx in chosen.items()}
 
 
@@ -125,10 +186,8 @@ def check_something_goes(layers: list, criterion, psize: float | None) -> None:
     sizes = [_units(lyr) if criterion.structured else lyr.get_weights()[0].size for lyr in layers]
     if not sizes:
         return
-    if scope == "global":
-        goes, pool = math.floor(psize * sum(sizes) + 0.5), sum(sizes)
-    else:
-        goes, pool = max(n_to_remove(psize, n) for n in sizes), max(sizes)
+    pool = sum(sizes) if scope == "global" else max(sizes)
+    goes = share_of(psize, pool)  # the largest share any layer (or all, global) gives up
     if goes == 0:
         where = "all prunable layers together" if scope == "global" else "the largest layer"
         raise UserError(

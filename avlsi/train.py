@@ -39,22 +39,26 @@ def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: st
     compile_model(model, cfg.learning_rate)
     if cfg.epochs <= 0:
         return None
-    return model.fit(
+    guard = StopOnNonFiniteLoss(phase)
+    history = model.fit(
         data.x_train,
         data.y_train,
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
         shuffle=True,
-        callbacks=[StopOnNonFiniteLoss(phase), *callbacks],
+        callbacks=[guard, *callbacks],
         verbose=default_verbosity() if verbose is None else verbose,
     )
+    guard.check()
+    return history
 
 
-def evaluate(model, data, batch_size: int = 512) -> float:
-    """Test-set accuracy in [0, 1]."""
+def evaluate(model, data, batch_size: int = 512, split: str = "test") -> float:
+    """Accuracy in [0, 1] on the test (or `split="val"`: validation) set."""
     if not model.compiled_loss:
         compile_model(model, 1e-3)
-    _, accuracy = model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0)
+    x, y = (data.x_val, data.y_val) if split == "val" else (data.x_test, data.y_test)
+    _, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
     return float(accuracy)
 
 
@@ -70,17 +74,25 @@ class EpochLogger(tf.keras.callbacks.Callback):
 
 
 class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
-    """Ends training with a UserError once the loss is nan or inf: nothing after it means
-    anything (Keras' own TerminateOnNaN stops silently and the run would look FINISHED)."""
+    """Stops training once the loss is nan or inf; `check()` then raises a UserError saying
+    where (Keras' own TerminateOnNaN stops silently and the run would look FINISHED).
+    Training is stopped, not interrupted by the exception, so Keras ends its loop cleanly."""
 
     def __init__(self, phase: str) -> None:
         super().__init__()
         self.phase = phase
+        self.bad: tuple[int, float] | None = None
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
+            self.bad = (epoch + 1, loss)
+            self.model.stop_training = True
+
+    def check(self) -> None:
+        if self.bad is not None:
+            epoch, loss = self.bad
             raise UserError(
-                f"{self.phase}: the training loss became {loss} in epoch {epoch + 1}; lower "
+                f"{self.phase}: the training loss became {loss} in epoch {epoch}; lower "
                 f"{self.phase}.learning_rate or check the data for nan / inf values"
             )

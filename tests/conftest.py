@@ -84,12 +84,14 @@ class Cli:
             timeout=600,
         )
 
-    def runs(self, experiment: str = "avlsi"):
+    def runs(self, experiment: str = "avlsi", parents: bool = False):
+        """The experiment's job runs (and, with `parents`, the sweeps' parent runs too)."""
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(self.uri)
         exp = client.get_experiment_by_name(experiment)
-        return [] if exp is None else client.search_runs([exp.experiment_id])
+        runs = [] if exp is None else client.search_runs([exp.experiment_id])
+        return [r for r in runs if parents or r.data.tags.get("avlsi.sweep") != "true"]
 
 
 @pytest.fixture

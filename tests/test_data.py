@@ -375,15 +375,29 @@ def fer_cfg(path: Path | None, **kwargs) -> DictConfig:
 def test_fer_with_usage(tmp_path: Path) -> None:
     rows = [fer_row(i % 7, i, u) for i, u in enumerate(USAGES)]
     data = fer2013.load(fer_cfg(write_fer(tmp_path / "train.csv", rows)), seed=0)
-    assert data.x_train.shape == (4, 48, 48, 1) and data.x_test.shape == (2, 48, 48, 1)
+    # The standard protocol: Training trains, PublicTest validates, PrivateTest tests.
+    usage = [u for _, _, u in rows]
+    assert data.x_train.shape == (usage.count("Training"), 48, 48, 1)
+    assert data.x_val.shape == (usage.count("PublicTest"), 48, 48, 1)
+    assert data.x_test.shape == (usage.count("PrivateTest"), 48, 48, 1)
     assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
     assert data.num_classes == 7
-    assert data.y_train.tolist() == [0, 1, 3, 5] and data.y_test.tolist() == [2, 4]
-    first = np.array(rows[2][1].split(), dtype=np.float32).reshape(48, 48) / np.float32(255)
+    by_usage = {u: [i % 7 for i, uu in enumerate(usage) if uu == u] for u in set(usage)}
+    assert data.y_train.tolist() == by_usage["Training"]
+    assert data.y_val.tolist() == by_usage["PublicTest"]
+    assert data.y_test.tolist() == by_usage["PrivateTest"]
+    private = usage.index("PrivateTest")
+    first = np.array(rows[private][1].split(), dtype=np.float32).reshape(48, 48) / np.float32(255)
     assert np.array_equal(data.x_test[0, :, :, 0], first)
 
 
-def test_fer_without_usage_holds_out_a_seeded_fraction(tmp_path: Path) -> None:
+def test_fer_without_private_rows_tests_on_public(tmp_path: Path) -> None:
+    rows = [fer_row(i % 7, i, u) for i, u in enumerate(["Training"] * 3 + ["PublicTest"] * 2)]
+    data = fer2013.load(fer_cfg(write_fer(tmp_path / "train.csv", rows)), seed=0)
+    assert len(data.y_train) == 3 and len(data.y_test) == 2 and data.y_val is None
+
+
+def test_fer_without_usage_holds_out_a_fixed_fraction(tmp_path: Path) -> None:
     rows = [fer_row(i % 7, i) for i in range(8)]
     path = write_fer(tmp_path / "train.csv", rows, header="emotion,pixels")
     conf = fer_cfg(path, test_fraction=0.25)
@@ -392,8 +406,9 @@ def test_fer_without_usage_holds_out_a_seeded_fraction(tmp_path: Path) -> None:
     assert np.array_equal(a.x_test, b.x_test) and np.array_equal(a.y_train, b.y_train)
     everything = np.concatenate([a.x_train, a.x_test]).reshape(8, -1)
     assert len(np.unique(everything, axis=0)) == 8
+    # The split does not depend on the run's seed: seeds vary initialisation, not the data.
     splits = {tuple(fer2013.load(conf, seed=s).x_test[:, 0, 0, 0]) for s in range(6)}
-    assert len(splits) > 1
+    assert len(splits) == 1
     default = fer2013.load(OmegaConf.create({"path": str(path)}), seed=0)
     assert len(default.x_test) == 1  # test_fraction defaults to 0.1
 
@@ -405,7 +420,7 @@ def test_fer_quotes_crlf_and_limits(tmp_path: Path) -> None:
         ("emotion,pixels,Usage\r\n" + "".join(",".join(r) + "\r\n" for r in rows)).encode()
     )
     data = fer2013.load(fer_cfg(path, limit=3), seed=0)
-    assert len(data.x_train) == 3 and len(data.x_test) == 2
+    assert len(data.x_train) == 3 and len(data.x_val) == 1 and len(data.x_test) == 1
 
 
 def test_fer_needs_a_path() -> None:
@@ -535,3 +550,29 @@ def test_apply_limits_keeps_the_test_set_whole_unless_asked() -> None:
     assert len(data.x_train) == 10 and data.y_test.tolist() == [0, 1, 2, 3, 4]
     data = apply_limits(fresh(), limit=100, test_limit=100)
     assert len(data.x_train) == 10 and len(data.x_test) == 8
+
+
+# --- validation split ----------------------------------------------------------------------------
+
+
+def test_validation_split_is_fixed_and_disjoint() -> None:
+    from avlsi.data import hold_out_validation
+
+    def fresh() -> Dataset:
+        x = np.arange(50, dtype=np.float32).reshape(50, 1, 1, 1)
+        return Dataset("d", x, np.arange(50), x[:5], np.arange(5), num_classes=50)
+
+    a, b = hold_out_validation(fresh(), 0.2), hold_out_validation(fresh(), 0.2)
+    assert len(a.y_val) == 10 and len(a.y_train) == 40
+    assert np.array_equal(a.y_val, b.y_val)  # no seed involved: the same images every run
+    assert not set(a.y_val.tolist()) & set(a.y_train.tolist())
+    assert sorted([*a.y_val.tolist(), *a.y_train.tolist()]) == list(range(50))
+    assert hold_out_validation(fresh(), 0.0).y_val is None
+
+
+def test_validation_split_that_leaves_nothing_is_refused() -> None:
+    from avlsi.data import hold_out_validation
+
+    x = np.zeros((1, 1, 1, 1), np.float32)
+    with pytest.raises(UserError, match="val_fraction"):
+        hold_out_validation(Dataset("d", x, np.zeros(1), x, np.zeros(1), 2), 0.5)

@@ -26,6 +26,13 @@ from conftest import ROOT, assert_one_line_error
 BIG = "9" * 100_000  # a 100 KB token
 
 
+@pytest.fixture(autouse=True)
+def quiet_tensorflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorFlow's C++ log level as users have it (avlsi sets 3): conftest's 2 lets TF's
+    own ERROR chatter (e.g. "NodeDef mentions attribute ...") onto stderr of any job."""
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 @pytest.fixture
 def no_tensorflow(tmp_path: Path) -> dict:
     """An environment in which importing TensorFlow fails loudly."""

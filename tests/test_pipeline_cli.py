@@ -50,6 +50,19 @@ def test_full_job_records_config_metrics_curves_and_models(cli):
     }
     assert expected.items() <= params.items()
     assert tags["baseline.source"] == "trained"
+    # Internals and absolute paths are not params; the chart view gets ratios to plot.
+    assert not [k for k in params if k.endswith("_target_") or "layer_types" in k]
+    assert not any(str(cli.tmp) in v for v in params.values())
+    for stage in ("pruned", "finetuned"):
+        assert 0 < metrics[f"{stage}.kept_params"] < 1
+        assert 0 < metrics[f"{stage}.kept_macs"] < 1
+        assert metrics[f"{stage}.compression"] > 1
+        drop = 100 * (metrics["baseline.test_accuracy"] - metrics[f"{stage}.test_accuracy"])
+        assert metrics[f"{stage}.accuracy_drop"] == pytest.approx(drop)
+        assert 0 <= metrics[f"{stage}.val_accuracy"] <= 1
+    for tag in ("avlsi.job_key", "avlsi.group_key", "avlsi.code", "avlsi.data"):
+        assert tags[tag]
+    assert run.info.run_name == "cnn-l1-layerwise-p0.5-s0-" + run.info.run_name[-6:]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(cli.uri)
@@ -58,6 +71,16 @@ def test_full_job_records_config_metrics_curves_and_models(cli):
     names = {a.path for a in client.list_artifacts(run.info.run_id, "models")}
     assert names == {"models/baseline.keras", "models/pruned.keras", "models/finetuned.keras"}
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # The fine-tuned model is an MLflow model (the Models tab lists it) with a signature.
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    assert logged.source_run_id == run.info.run_id
+    import mlflow
+
+    mlflow.set_tracking_uri(cli.uri)
+    info = mlflow.models.get_model_info(logged.model_uri)
+    assert info.signature.inputs.inputs[0].shape == (-1, 12, 12, 1)
+    inputs = {i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert inputs == {"train", "validation", "test"}
     run_dir = Path(tags["output_dir"])
     for name in ("baseline", "pruned", "finetuned"):
         assert (run_dir / f"{name}.keras").stat().st_size > 0
@@ -100,11 +123,21 @@ def test_stage_by_stage_each_finds_the_previous_model(cli):
     runs = {r.data.params["stage"]: r for r in cli.runs()}
     assert set(runs) == {"train", "prune", "finetune"}
     own = {"train": "baseline", "prune": "pruned", "finetune": "finetuned"}
+    # Each later stage's run is a complete record: it carries the earlier stages' metrics.
+    recorded = {
+        "train": {"baseline"},
+        "prune": {"baseline", "pruned"},
+        "finetune": {"baseline", "pruned", "finetuned"},
+    }
     for stage, run in runs.items():
         prefixes = {k.split(".")[0] for k in run.data.metrics if k in METRICS}
-        assert prefixes == {own[stage]}, (stage, run.data.metrics)
+        assert prefixes == recorded[stage], (stage, run.data.metrics)
         files = {p.stem for p in Path(run.data.tags["output_dir"]).glob("*.keras")}
         assert files == {own[stage]}
+    final, train_run = runs["finetune"].data.metrics, runs["train"].data.metrics
+    assert final["baseline.test_accuracy"] == train_run["baseline.test_accuracy"]
+    assert final["pruned.test_accuracy"] == runs["prune"].data.metrics["pruned.test_accuracy"]
+    assert final["finetuned.kept_params"] < 1
     assert runs["prune"].data.tags["baseline.source"] == "reused"
     assert runs["prune"].data.tags["baseline.key"] == runs["train"].data.tags["baseline.key"]
 

@@ -60,8 +60,18 @@ def test_joblib_sweep_trains_once_matches_serial_and_reports(cli, serial):
     report = next(cli.tmp.glob("sweep*/report"))
     assert {"report.csv", "report.md"} <= {p.name for p in report.iterdir()}
     assert list(report.glob("*.png"))
-    report_runs = [r for r in cli.runs() if r.data.tags.get("avlsi.report") == "true"]
-    assert len(report_runs) == 1
+    # The sweep is one parent run holding the report; each job is its child.
+    (parent,) = [r for r in cli.runs(parents=True) if r.data.tags.get("avlsi.sweep") == "true"]
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    from mlflow.tracking import MlflowClient
+
+    def files(path=None):
+        found = MlflowClient(cli.uri).list_artifacts(parent.info.run_id, path)
+        return [n for a in found for n in (files(a.path) if a.is_dir else [a.path])]
+
+    assert any(name.endswith("report.md") for name in files())
+    assert not [r for r in cli.runs() if r.data.tags.get("avlsi.report") == "true"]
 
 
 @pytest.mark.slow
@@ -69,6 +79,9 @@ def test_ray_sweep_on_a_local_instance_trains_once(cli, serial):
     proc = cli("-m", "cluster=ray", "hydra.launcher.ray.init.num_cpus=2", *SWEEP)
     runs = assert_all_landed_with_one_baseline(cli, proc, 4)
     assert outcome(runs) == serial
+    # Jobs in Ray's worker processes attach to the sweep's parent run by its id.
+    (parent,) = [r for r in cli.runs(parents=True) if r.data.tags.get("avlsi.sweep") == "true"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
 
 
 def test_cluster_sweep_with_a_sqlite_store_is_refused_before_launching(cli):

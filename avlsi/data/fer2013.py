@@ -1,9 +1,11 @@
 """FER2013 facial expressions from its `train.csv`: 48x48 grayscale faces, 7 emotions.
 
 The CSV has a header `emotion,pixels[,Usage]`: `emotion` an integer 0..6, `pixels` 2,304
-space-separated integers 0..255, `Usage` one of Training / PublicTest / PrivateTest. Rows marked
-Training are the training set, the others the test set; without a Usage column the last
-`dataset.test_fraction` of the rows, after a shuffle seeded with `seed`, are held out.
+space-separated integers 0..255, `Usage` one of Training / PublicTest / PrivateTest. The standard
+protocol: Training rows train, PublicTest rows validate, PrivateTest rows test (a file without
+PrivateTest rows tests on PublicTest and validates on `dataset.val_fraction` of Training).
+Without a Usage column `dataset.test_fraction` of the rows, after a fixed shuffle that does not
+depend on `seed`, are the test set.
 """
 
 from __future__ import annotations
@@ -16,15 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from avlsi.data import Dataset, apply_limits
+from avlsi.data import SPLIT_SEED, Dataset, apply_limits
 from avlsi.data.files import require_regular_file
 from avlsi.errors import UserError
 
 SIDE = 48
 PIXELS = SIDE * SIDE
 NUM_CLASSES = 7
-TRAIN_USAGE = "Training"
-TEST_USAGES = ("PublicTest", "PrivateTest")
+USAGES = ("Training", "PublicTest", "PrivateTest")  # -> train, validation, test
 DEFAULT_TEST_FRACTION = 0.1
 _DIGITS_AND_SPACE = b"0123456789 "
 
@@ -35,11 +36,12 @@ class _RowProblem(ValueError):
 
 @dataclass
 class FerTable:
-    """The parsed CSV: pixels uint8 (N, 2304), labels int64 (N,), is_train bool (N,) or None."""
+    """The parsed CSV: pixels uint8 (N, 2304), labels int64 (N,), usage int8 (N,) or None
+    (the index of each row's Usage in USAGES)."""
 
     pixels: np.ndarray
     labels: np.ndarray
-    is_train: np.ndarray | None
+    usage: np.ndarray | None
 
 
 def parse_label(text: str) -> int:
@@ -53,13 +55,11 @@ def parse_label(text: str) -> int:
     return value
 
 
-def parse_usage(text: str) -> bool:
-    """A Usage cell: True for Training, False for PublicTest / PrivateTest."""
+def parse_usage(text: str) -> int:
+    """A Usage cell: 0 for Training, 1 for PublicTest, 2 for PrivateTest."""
     usage = text.strip()
-    if usage == TRAIN_USAGE:
-        return True
-    if usage in TEST_USAGES:
-        return False
+    if usage in USAGES:
+        return USAGES.index(usage)
     raise _RowProblem(f"Usage {usage!r} is not one of Training, PublicTest, PrivateTest")
 
 
@@ -145,31 +145,34 @@ def read_csv(path: Path) -> FerTable:
     return FerTable(
         pixels=np.stack(images),
         labels=np.array(labels, dtype=np.int64),
-        is_train=np.array(usages, dtype=bool) if usage_col is not None else None,
+        usage=np.array(usages, dtype=np.int8) if usage_col is not None else None,
     )
 
 
 def split_indices(
-    table: FerTable, test_fraction: float, seed: int, path: Path
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, test rows): by Usage, or a seeded shuffle holding out `test_fraction`."""
+    table: FerTable, test_fraction: float, path: Path
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(train, validation or None, test) rows: by Usage, or a fixed shuffle holding out
+    `test_fraction` as the test set (validation then comes from `hold_out_validation`)."""
     n = len(table.labels)
-    if table.is_train is not None:
-        train, test = np.flatnonzero(table.is_train), np.flatnonzero(~table.is_train)
-        if not len(train) or not len(test):
+    if table.usage is not None:
+        train, public, private = (np.flatnonzero(table.usage == i) for i in range(3))
+        if not len(train) or not (len(public) or len(private)):
             which = "Training" if not len(train) else "PublicTest/PrivateTest"
             raise UserError(
                 f"{path} has no {which} rows: fix its Usage column, or drop the column "
                 "to hold out dataset.test_fraction of the rows instead"
             )
-        return train, test
+        if not len(private):  # no private test rows: PublicTest is the test set
+            return train, None, public
+        return train, (public if len(public) else None), private
     if not 0.0 < test_fraction < 1.0:
         raise UserError(f"dataset.test_fraction={test_fraction} must be between 0 and 1")
     n_test = max(1, round(n * test_fraction))
     if n_test >= n:
         raise UserError(f"{path} has {n} data row(s): too few to hold out a test set")
-    order = np.random.default_rng(seed).permutation(n)
-    return order[: n - n_test], order[n - n_test :]
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    return np.sort(order[: n - n_test]), None, np.sort(order[n - n_test :])
 
 
 def load(cfg: Any, seed: int) -> Dataset:
@@ -180,7 +183,8 @@ def load(cfg: Any, seed: int) -> Dataset:
     table = read_csv(path)
     fraction = getattr(cfg, "test_fraction", None)
     fraction = DEFAULT_TEST_FRACTION if fraction is None else float(fraction)
-    train, test = split_indices(table, fraction, seed, path)
+    del seed  # the splits are fixed: seeds vary initialisation and order only
+    train, val, test = split_indices(table, fraction, path)
     images = table.pixels.reshape(-1, SIDE, SIDE, 1)
     data = Dataset(
         name=str(getattr(cfg, "name", "fer2013")),
@@ -189,9 +193,13 @@ def load(cfg: Any, seed: int) -> Dataset:
         x_test=images[test],
         y_test=table.labels[test],
         num_classes=NUM_CLASSES,
+        x_val=None if val is None else images[val],
+        y_val=None if val is None else table.labels[val],
     )
     # Limits first, on the uint8 arrays, so that a small run converts only what it keeps.
     data = apply_limits(data, getattr(cfg, "limit", None), getattr(cfg, "test_limit", None))
     data.x_train = data.x_train.astype(np.float32) / np.float32(255.0)
     data.x_test = data.x_test.astype(np.float32) / np.float32(255.0)
+    if data.x_val is not None:
+        data.x_val = data.x_val.astype(np.float32) / np.float32(255.0)
     return data

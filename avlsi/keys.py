@@ -1,0 +1,176 @@
+"""Keys: what determines a result, hashed, so that equal keys mean equal results.
+
+Every key covers the config that computes the result, the TensorFlow / tf-keras versions,
+a fingerprint of AVLSI's own source files and a fingerprint of the data file's content:
+a sweep after a code change or after a data file is replaced runs again, a sweep after a
+change to the README or the tests does not. `dataset.path` itself is not part of any key
+(its content is): a data file moved elsewhere keeps its keys.
+
+- job key: the whole job (every config section that changes results, seed and stage too);
+- group key: the job key without `seed` and `stage`: runs that only repeat a configuration
+  with another seed, or are other stages of one chain, share it (the report's groups);
+- baseline key / pruned key: the store's entries for a trained baseline and a pruned model.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import avlsi
+from avlsi.config import effective_psize
+
+# Config sections that say where results go or how they look, not what is computed.
+NOT_IN_JOB_KEY = ("mlflow", "store", "report", "verbose", "rerun", "task", "hydra")
+NOT_IN_GROUP_KEY = ("seed", "stage")
+
+
+def config_key(prefix: str, parts: dict[str, Any]) -> str:
+    """`prefix-<16 hex>`: a readable prefix plus a hash of everything that determines it."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return f"{prefix}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 (16 hex) of the `avlsi` package's Python sources, hashed once per process."""
+    root = Path(avlsi.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the checkout AVLSI runs from (with `+dirty` if changed), else None."""
+    root = Path(avlsi.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty=+dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("AVLSI_CACHE_DIR") or Path.home() / ".cache" / "avlsi"
+    return Path(base).expanduser() / "fingerprints"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a regular file's content, cached by (path, size, mtime)."""
+    stat = path.stat()
+    ident = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+    cached = _cache_dir() / hashlib.sha256(ident).hexdigest()[:32]
+    try:
+        return cached.read_text().strip()
+    except OSError:
+        pass
+    value = _file_sha256(path)
+    try:  # a cache only: a read-only home is no reason to fail
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}")
+        tmp.write_text(value)
+        os.replace(tmp, cached)
+    except OSError:
+        pass
+    return value
+
+
+def data_fingerprint(dataset: DictConfig) -> str:
+    """Fingerprint (16 hex) of `dataset.path`'s content (a file, or a folder's regular files);
+    `builtin` for a dataset read from a package or generated from its config."""
+    path = dataset.get("path")
+    if not path:
+        return "builtin"
+    path = Path(str(path)).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        parts = [f"{p.relative_to(path).as_posix()}={file_fingerprint(p)}" for p in files]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    if path.is_file():
+        return file_fingerprint(path)[:16]
+    return "missing"
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
+
+def _dataset_parts(cfg: DictConfig) -> dict[str, Any]:
+    parts = {k: v for k, v in _plain(cfg.dataset).items() if k != "path"}
+    parts["content"] = data_fingerprint(cfg.dataset)
+    return parts
+
+
+def _environment() -> dict[str, str]:
+    import tensorflow as tf
+    import tf_keras
+
+    return {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__}
+
+
+def job_parts(cfg: DictConfig) -> dict[str, Any]:
+    """Everything that determines a job's results (the job key hashes this)."""
+    parts = {k: v for k, v in _plain(cfg).items() if k not in NOT_IN_JOB_KEY}
+    parts.update(
+        dataset=_dataset_parts(cfg),
+        psize=effective_psize(cfg),
+        code=code_fingerprint(),
+        **_environment(),
+    )
+    return parts
+
+
+def job_key(cfg: DictConfig) -> str:
+    return config_key("job", job_parts(cfg))
+
+
+def group_key(cfg: DictConfig) -> str:
+    parts = {k: v for k, v in job_parts(cfg).items() if k not in NOT_IN_GROUP_KEY}
+    return config_key("group", parts)
+
+
+def baseline_key(cfg: DictConfig) -> str:
+    """Everything that determines a trained baseline, hashed."""
+    parts = {
+        "model": _plain(cfg.model),
+        "dataset": _dataset_parts(cfg),
+        "train": _plain(cfg.train),
+        "seed": cfg.seed,
+        "code": code_fingerprint(),
+        **_environment(),
+    }
+    return config_key(f"{cfg.model.name}-{cfg.dataset.name}-s{cfg.seed}", parts)
+
+
+def pruned_key(cfg: DictConfig) -> str:
+    """The baseline's key plus everything that determines how it was pruned."""
+    psize = effective_psize(cfg)
+    parts = {"baseline": baseline_key(cfg), "criterion": _plain(cfg.criterion), "psize": psize}
+    shown = "" if psize is None else f"-p{psize}"
+    prefix = f"{cfg.model.name}-{cfg.dataset.name}-{cfg.criterion.name}{shown}-s{cfg.seed}"
+    return config_key(prefix, parts)
