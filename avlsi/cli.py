@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 import hydra
@@ -17,8 +19,9 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-from avlsi.config import PROJECT_ROOT, check_config, register
-from avlsi.errors import Terminated, UserError
+from avlsi.config import PROJECT_ROOT, check_config, register, schema_keys, suggest
+from avlsi.errors import Terminated, UserError, clip
+from avlsi.preflight import check_environment
 
 log = logging.getLogger("avlsi")
 GROUPS = ("model", "dataset", "criterion", "stage")
@@ -37,6 +40,7 @@ def hydra_entry(cfg: DictConfig) -> dict[str, float]:
     choices = {group: str(hydra_cfg.runtime.choices.get(group)) for group in GROUPS}
     try:
         check_config(cfg)  # before TensorFlow loads: a mistake is reported at once
+        check_environment(cfg)  # the stores can be written, a tracking server answers
         quiet_tensorflow_import()
         from avlsi.pipeline import run_job  # TensorFlow loads only when a job really runs
         from avlsi.record import sweep_parent
@@ -53,10 +57,10 @@ def hydra_entry(cfg: DictConfig) -> dict[str, float]:
         )
     except UserError as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
-            print(f"avlsi: error: {err}", file=sys.stderr)
+            print(clip(f"avlsi: error: {err}"), file=sys.stderr)
             sys.exit(2)
         overrides = " ".join(hydra_cfg.overrides.task)
-        print(f"avlsi: job {hydra_cfg.job.num} ({overrides}) failed: {err}", file=sys.stderr)
+        print(clip(f"avlsi: job {hydra_cfg.job.num} ({overrides}) failed: {err}"), file=sys.stderr)
         raise  # the sweep goes on; Hydra re-raises the first failure when it ends
 
 
@@ -111,6 +115,11 @@ def describe(err: BaseException) -> str:
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
         group, _, name = err.missing_cfg_file.rpartition("/")
         return f"unknown {group} '{name}'; choose one of: {', '.join(sorted(err.options))}"
+    unknown = unknown_override(err)
+    if unknown is not None:
+        return unknown
+    if from_override_parser(err):
+        return f"cannot read an override: {str(err).strip() or type(err).__name__}"
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException):
@@ -123,10 +132,32 @@ def describe(err: BaseException) -> str:
     return "; ".join(dict.fromkeys([first, *extra]))
 
 
+def unknown_override(err: BaseException) -> str | None:
+    """'unknown key train.epoch; did you mean train.epochs?' for an override of a key the
+    schema does not have, else None."""
+    text = f"{err}\n{err.__cause__ or ''}"
+    found = re.search(r"Could not override '([^']+)'", text)
+    if found is None or not re.search(r"Key '[^']+' (is )?not in", text):
+        return None
+    key = found.group(1)
+    if key in schema_keys():
+        return None  # a known key with a wrong value: Hydra's own message says which
+    return f"unknown key {clip(key)}{suggest(key) or ''}"
+
+
+def from_override_parser(err: BaseException) -> bool:
+    """True when the error was raised while Hydra parsed the command line's overrides
+    (e.g. a number of 100,000 digits)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return any("override_parser" in frame.filename for frame in frames)
+
+
 def is_user_mistake(err: BaseException) -> bool:
     from hydra.errors import HydraException
 
-    return isinstance(err, UserError | HydraException | OmegaConfBaseException)
+    return isinstance(err, UserError | HydraException | OmegaConfBaseException) or (
+        from_override_parser(err)
+    )
 
 
 def main() -> None:
@@ -147,11 +178,13 @@ def main() -> None:
             raise
         if is_user_mistake(err):
             hint = "" if isinstance(err, UserError) else HINT
-            print(f"avlsi: error: {describe(err)}{hint}", file=sys.stderr)
+            print(clip(f"avlsi: error: {describe(err)}{hint}"), file=sys.stderr)
             sys.exit(2)
         print(
-            f"avlsi: failed: {type(err).__name__}: {describe(err)} "
-            "(set HYDRA_FULL_ERROR=1 to see the traceback)",
+            clip(
+                f"avlsi: failed: {type(err).__name__}: {describe(err)} "
+                "(set HYDRA_FULL_ERROR=1 to see the traceback)"
+            ),
             file=sys.stderr,
         )
         sys.exit(1)

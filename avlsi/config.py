@@ -6,6 +6,11 @@ unknown key fails when Hydra composes the config, before any work starts.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
+import shlex
+import typing
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -14,7 +19,7 @@ from typing import ClassVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from avlsi.errors import UserError
+from avlsi.errors import UserError, clip
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -233,20 +238,38 @@ def effective_psize(cfg: DictConfig) -> float | None:
 
 
 def check_dataset(dataset: DictConfig) -> None:
-    """A dataset that needs a file has one, and a given dataset.path exists."""
+    """A dataset that needs a file has one, and a given dataset.path is a file or folder
+    (found by `stat` alone: a FIFO or a device is refused without being opened)."""
+    from avlsi.data.files import require_file_or_folder  # numpy only: no TensorFlow yet
+
     path = dataset.path
     if path is None:
         example = getattr(OmegaConf.get_type(dataset), "path_example", None)
         if example:
             raise UserError(f"dataset={dataset.name} needs dataset.path={example}")
         return
-    if not Path(path).expanduser().exists():
-        raise UserError(f"dataset.path={path} does not exist; pass the path of your data file")
+    require_file_or_folder(Path(path).expanduser(), "dataset.path")
+
+
+MAX_SEED = 2**32 - 1  # the largest seed numpy and TensorFlow accept
+IN_MEMORY_SQLITE = ("sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite://:memory:")
 
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse values the schema cannot express, before any work starts."""
+    check_known_keys(cfg)
+    check_finite(cfg)
     check_dataset(cfg.dataset)
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UserError(f"seed={cfg.seed} is outside 0..{MAX_SEED}; pass e.g. seed=0")
+    check_tracking_settings(cfg.mlflow)
+    layer = cfg.criterion.layer
+    scope = str(getattr(cfg.criterion.scope, "value", cfg.criterion.scope))
+    if layer is not None and scope != "layer":
+        raise UserError(
+            f"criterion.layer={clip(layer)} applies to criterion.scope=layer only (the scope is "
+            f"{scope}); add criterion.scope=layer to prune that one layer"
+        )
     if not 0 < cfg.psize < 1:
         raise UserError(f"psize={cfg.psize} is outside (0, 1); pass a fraction such as psize=0.3")
     steps = steps_of(cfg)
@@ -277,7 +300,138 @@ def check_config(cfg: DictConfig) -> None:
         )
     if cfg.dataset.limit is not None and cfg.dataset.limit < 1:
         raise UserError("dataset.limit must be at least 1 (or null for the whole training set)")
+    if cfg.dataset.test_limit is not None and cfg.dataset.test_limit < 1:
+        raise UserError("dataset.test_limit must be at least 1 (or null for the whole test set)")
+    if cfg.criterion.threshold is not None and cfg.criterion.threshold <= 0:
+        raise UserError(f"criterion.threshold={cfg.criterion.threshold} must be above 0, e.g. 0.05")
     if cfg.criterion.threshold is not None and cfg.criterion.structured:
         raise UserError(
             f"criterion.threshold applies to criterion=magnitude only, not {cfg.criterion.name}"
         )
+
+
+def check_tracking_settings(mlflow_cfg: DictConfig) -> None:
+    """A tracking URI that keeps what it records, and an experiment with a name."""
+    uri = str(mlflow_cfg.tracking_uri).strip()
+    if not uri:
+        raise UserError("mlflow.tracking_uri is empty; pass e.g. sqlite:////abs/path/mlflow.db")
+    if uri in IN_MEMORY_SQLITE or uri.endswith(":memory:"):
+        raise UserError(
+            f"mlflow.tracking_uri={uri} is an in-memory database: the runs would vanish when "
+            "the job ends; pass a file, e.g. mlflow.tracking_uri=sqlite:////abs/path/mlflow.db"
+        )
+    if not str(mlflow_cfg.experiment).strip():
+        raise UserError("mlflow.experiment is empty; name it, e.g. mlflow.experiment=avlsi")
+
+
+# --- keys the schema does not know, and non-finite numbers -----------------------------------
+
+
+def _dataclass_of(hint: object) -> type | None:
+    """The dataclass a field's type hint names (`X`, `X | None`), else None."""
+    for candidate in (hint, *typing.get_args(hint)):
+        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def _with_subclasses(cls: type) -> list[type]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _with_subclasses(sub)
+    return found
+
+
+def schema_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (each group's schema and its variants, e.g. the
+    dataset loaders' own keys), for suggestions."""
+    keys: list[str] = []
+    for variant in _with_subclasses(cls or Config):
+        hints = typing.get_type_hints(variant)
+        for f in dataclasses.fields(variant):
+            keys.append(prefix + f.name)
+            nested = _dataclass_of(hints.get(f.name))
+            if nested is not None:
+                keys += schema_keys(nested, f"{prefix}{f.name}.")
+    return sorted(set(keys))
+
+
+def suggest(key: str) -> str:
+    """'; did you mean train.epochs?' for a key close to a schema key, else ''."""
+    key = key.lstrip("+~")
+    close = difflib.get_close_matches(key, schema_keys(), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def unknown_keys(node: DictConfig, prefix: str = "", missing: bool = False) -> list[str]:
+    """Keys of `node` its schema has no field for (`+key=value` bypasses Hydra's struct
+    check); with `missing`, the schema's fields that `node` lacks (`~key` deletes one)."""
+    schema = OmegaConf.get_type(node)
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        return []  # a free-form dict (criterion.layer_types): any key goes
+    known = [f.name for f in dataclasses.fields(schema)]
+    if missing:
+        found = [f"{prefix}{key}" for key in known if key not in node]
+    else:
+        found = [f"{prefix}{key}" for key in node if key not in known]
+    for key in node:
+        child = node._get_node(key)
+        nested = isinstance(child, DictConfig) and not (child._is_none() or child._is_missing())
+        if key in known and nested:
+            found += unknown_keys(child, f"{prefix}{key}.", missing)
+    return found
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys the schema does not know, including those added with a leading `+`, and
+    schema keys removed with a leading `~`."""
+    removed = unknown_keys(cfg, missing=True)
+    if removed:
+        raise UserError(
+            f"{removed[0]} is missing from the config (removed with ~{removed[0]}?); "
+            "every key of the schema needs a value"
+        )
+    unknown = unknown_keys(cfg)
+    if unknown:
+        key = unknown[0]
+        raise UserError(
+            f"unknown key {clip(key)}: the config schema has no such key (a leading + does not "
+            f"add one){suggest(key) or '; python run.py --cfg job shows every key'}"
+        )
+
+
+def non_finite(node: object, key: str = "") -> list[tuple[str, float]]:
+    """(key, value) of every nan / inf number in a plain container (lists included)."""
+    if isinstance(node, dict):
+        return [hit for k, v in node.items() for hit in non_finite(v, f"{key}.{k}" if key else k)]
+    if isinstance(node, list):
+        return [hit for i, v in enumerate(node) for hit in non_finite(v, f"{key}[{i}]")]
+    return [(key, node)] if isinstance(node, float) and not math.isfinite(node) else []
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """nan and inf are never a meaningful setting: refuse them whatever the key."""
+    plain = OmegaConf.to_container(cfg, resolve=False)  # numbers are literals: fast
+    bad = non_finite(plain)
+    if bad:
+        key, value = bad[0]
+        raise UserError(f"{key}={value} is not a finite number; pass a real value")
+
+
+# Overrides that change neither which models a stage needs nor where they are kept.
+NOT_IN_STAGE_COMMAND = ("stage", "hydra", "verbose", "rerun", "report")
+
+
+def stage_command(stage: str) -> str | None:
+    """`python run.py stage=STAGE ...` with every override of the running job that matters
+    (model, dataset, criterion, psize, train.*, store.dir, mlflow.*, ...); None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    kept = [
+        str(o)
+        for o in HydraConfig.get().overrides.task
+        if str(o).lstrip("+~").split("=")[0].split(".")[0] not in NOT_IN_STAGE_COMMAND
+    ]
+    return " ".join(["python run.py", f"stage={stage}", *(shlex.quote(o) for o in kept)])

@@ -14,8 +14,8 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 import avlsi  # noqa: F401
-from avlsi import masking, record, train
-from avlsi.config import check_config, effective_psize, steps_of
+from avlsi import masking, memory, record, train
+from avlsi.config import check_config, effective_psize, stage_command, steps_of
 from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.data import Dataset, hold_out_validation
 from avlsi.errors import UserError
@@ -30,7 +30,7 @@ from avlsi.keys import (
 )
 from avlsi.metrics import relative_metrics, size_metrics
 from avlsi.models import build_model
-from avlsi.select import prunable_layers, select_units
+from avlsi.select import check_something_goes, prunable_layers, select_units
 from avlsi.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ BASELINES, PRUNED = "baselines", "pruned"
 
 
 def _command(cfg: DictConfig, stage: str) -> str:
-    return (
+    return stage_command(stage) or (
         f"python run.py stage={stage} model={cfg.model.name} dataset={cfg.dataset.name} "
         f"seed={cfg.seed} (with the same train.* / dataset.* / criterion.* / psize overrides)"
     )
@@ -136,6 +136,7 @@ class Job:
                 shutil.copyfile(path, self.output_dir / "baseline.keras")
                 self.log_stored(meta, "baseline")
                 return model
+            memory.check_model_fits(cfg, self.data)  # before building: one line, not an OOM
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
             self.check_prunable(model)  # a bad layer name fails before any training
             mlflow.set_tag("baseline.source", "trained")
@@ -147,7 +148,9 @@ class Job:
     def check_prunable(self, model) -> list:
         if "prune" not in self.steps or not self.cfg.criterion.prunes:
             return []
-        return prunable_layers(model, self.cfg.criterion)
+        layers = prunable_layers(model, self.cfg.criterion)
+        check_something_goes(layers, self.cfg.criterion, self.cfg.psize)
+        return layers
 
     def prune(self, model):
         """Score, select and remove units (or zero weights); store the result."""
@@ -232,6 +235,7 @@ class Job:
             section,
             verbose=self.cfg.verbose,
             callbacks=[train.EpochLogger(phase, record.log_metrics)],
+            phase=phase,
         )
         self.measure(model, prefix)
         record.log_model_file(_save(model, self.output_dir, prefix))

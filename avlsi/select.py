@@ -175,3 +175,22 @@ def select_units(
     for pos in lowest_within_caps(flat, owner, caps, share_of(psize, len(flat))):
         chosen[names[owner[pos]]].append(int(index[pos]))
     return {name: sorted(idx) for name, idx in chosen.items()}
+
+
+def check_something_goes(layers: list, criterion, psize: float | None) -> None:
+    """Refuse a psize so small that no unit (or, unstructured, no weight) of any layer goes."""
+    if psize is None or not getattr(criterion, "prunes", True) or criterion.threshold is not None:
+        return
+    scope = str(getattr(criterion.scope, "value", criterion.scope))
+    what = "unit" if criterion.structured else "weight"
+    sizes = [_units(lyr) if criterion.structured else lyr.get_weights()[0].size for lyr in layers]
+    if not sizes:
+        return
+    pool = sum(sizes) if scope == "global" else max(sizes)
+    goes = share_of(psize, pool)  # the largest share any layer (or all, global) gives up
+    if goes == 0:
+        where = "all prunable layers together" if scope == "global" else "the largest layer"
+        raise UserError(
+            f"psize={psize} removes no {what} of any layer: {where} has {pool:,} {what}s and "
+            f"round(psize x {pool:,}) = 0; pass psize of at least {0.5 / pool:.2g}"
+        )

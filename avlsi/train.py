@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import tensorflow as tf
 
 import avlsi  # noqa: F401
+from avlsi.errors import UserError
 
 
 def seed_everything(seed: int) -> None:
@@ -29,20 +31,26 @@ def compile_model(model, learning_rate: float) -> None:
     )
 
 
-def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None):
-    """Train on data's training set for cfg.epochs; returns the Keras History."""
+def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: str = "train"):
+    """Train on data's training set for cfg.epochs; returns the Keras History.
+
+    A loss that stops being a finite number ends the job (UserError naming `phase`).
+    """
     compile_model(model, cfg.learning_rate)
     if cfg.epochs <= 0:
         return None
-    return model.fit(
+    guard = StopOnNonFiniteLoss(phase)
+    history = model.fit(
         data.x_train,
         data.y_train,
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
         shuffle=True,
-        callbacks=list(callbacks),
+        callbacks=[guard, *callbacks],
         verbose=default_verbosity() if verbose is None else verbose,
     )
+    guard.check()
+    return history
 
 
 def evaluate(model, data, batch_size: int = 512, split: str = "test") -> float:
@@ -63,3 +71,28 @@ class EpochLogger(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self.log({f"{self.prefix}.{k}": float(v) for k, v in (logs or {}).items()}, epoch + 1)
+
+
+class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+    """Stops training once the loss is nan or inf; `check()` then raises a UserError saying
+    where (Keras' own TerminateOnNaN stops silently and the run would look FINISHED).
+    Training is stopped, not interrupted by the exception, so Keras ends its loop cleanly."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__()
+        self.phase = phase
+        self.bad: tuple[int, float] | None = None
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            self.bad = (epoch + 1, loss)
+            self.model.stop_training = True
+
+    def check(self) -> None:
+        if self.bad is not None:
+            epoch, loss = self.bad
+            raise UserError(
+                f"{self.phase}: the training loss became {loss} in epoch {epoch}; lower "
+                f"{self.phase}.learning_rate or check the data for nan / inf values"
+            )

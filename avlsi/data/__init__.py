@@ -40,11 +40,22 @@ class Dataset:
 
 
 def apply_limits(data: Dataset, limit: int | None, test_limit: int | None) -> Dataset:
-    """Keep at most `limit` training and `test_limit` test examples (the first ones)."""
+    """Keep at most `limit` training and `test_limit` test examples (the first ones);
+    an empty training or test set is refused here, before any training."""
     if limit is not None:
         data.x_train, data.y_train = data.x_train[:limit], data.y_train[:limit]
     if test_limit is not None:
         data.x_test, data.y_test = data.x_test[:test_limit], data.y_test[:test_limit]
+    for split, labels, knob in (
+        ("training", data.y_train, limit),
+        ("test", data.y_test, test_limit),
+    ):
+        if len(labels) == 0:
+            cause = f" (with its limit of {knob})" if knob is not None else ""
+            raise UserError(
+                f"dataset={data.name} has an empty {split} set{cause}: pass a data file "
+                "with examples in both sets"
+            )
     return data
 
 

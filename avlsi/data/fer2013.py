@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from avlsi.data import SPLIT_SEED, Dataset, apply_limits
+from avlsi.data.files import require_regular_file
 from avlsi.errors import UserError
 
 SIDE = 48
@@ -120,9 +121,7 @@ def _records(lines: Iterable[str], path: Path) -> Iterator[tuple[int, list[str]]
 
 def read_csv(path: Path) -> FerTable:
     """Parse and check a FER2013 CSV; any problem is a UserError naming the file and row."""
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise UserError(f"{path} {what}: pass dataset.path=/path/to/train.csv (FER2013)")
+    require_regular_file(path, "pass dataset.path=/path/to/train.csv (FER2013)")
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
         records = _records(f, path)
         _, header = next(records, (0, None))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import importlib.metadata
 import logging
+import math
 import os
 import pickle
 import struct
@@ -25,7 +26,8 @@ from typing import IO, Any
 import numpy as np
 
 from avlsi.data import Dataset, apply_limits
-from avlsi.errors import UserError
+from avlsi.data.files import kind_of, require_regular_file
+from avlsi.errors import UserError, clip
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,10 @@ IDX_FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one MNIST uses
+# Deflate cannot expand data more than about 1032:1: a gzip'd IDX file whose header promises
+# more than this times its own size lies, and is refused before anything is decompressed.
+MAX_DEFLATE_RATIO = 1032
+READ_CHUNK = 1 << 20
 
 Arrays = dict[str, np.ndarray]
 
@@ -91,12 +97,20 @@ def resolve_source(cfg: Any) -> tuple[str, Path | None]:
 
 
 def _explicit_source(path: Path) -> tuple[str, Path]:
-    """Classify `dataset.path`: an npz file or a folder of IDX files."""
-    if not path.exists():
+    """Classify `dataset.path`: an npz file or a folder of IDX files (found by `stat`: a
+    FIFO or a device is refused without being opened)."""
+    kind = kind_of(path, "dataset.path")
+    if kind == "missing":
         raise UserError(
-            f"dataset.path={path} does not exist: pass an mnist.npz file or a folder of IDX files"
+            f"dataset.path={clip(path)} does not exist: pass an mnist.npz file or a folder of "
+            "IDX files"
         )
-    if path.is_dir():
+    if kind not in ("file", "folder"):
+        raise UserError(
+            f"dataset.path={clip(path)} is {kind}, not a regular file: pass an mnist.npz file "
+            "or a folder of IDX files"
+        )
+    if kind == "folder":
         missing = [name for name in IDX_FILES.values() if _find_idx(path, name) is None]
         if not missing:
             return "idx", path
@@ -131,7 +145,7 @@ def read_npz(path: Path) -> Arrays:
                     f"{', '.join(KEYS)} (keras layout)"
                 )
             arrays = {key: npz[key] for key in KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as exc:
         raise UserError(
             f"{path} is not a readable .npz file ({_one_line(exc)}): "
             "delete it if it is a cache, or pass a keras-style mnist.npz"
@@ -140,30 +154,84 @@ def read_npz(path: Path) -> Arrays:
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """One IDX file of unsigned bytes with `ndim` dimensions (gzip'd if it ends in .gz)."""
-    raw = _read_bytes(path)
+    """One IDX file of unsigned bytes with `ndim` dimensions (gzip'd if it ends in .gz).
+
+    The header is checked before the data is read: its sizes must match the file's size (or,
+    gzip'd, be within what deflate can hold and what memory can take), and the data is read
+    in chunks up to exactly the promised size, so a lying header or a gzip bomb costs nothing.
+    """
+    require_regular_file(path, "pass a folder of the four MNIST IDX files")
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            return _read_idx_stream(f, path, ndim)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(
+            f"{path} cannot be read ({_one_line(exc)}): it is truncated or not gzip'd; "
+            "download it again"
+        ) from exc
+
+
+def _read_idx_stream(f: IO[bytes], path: Path, ndim: int) -> np.ndarray:
+    raw = f.read(4)
     if len(raw) < 4:
         raise UserError(f"{path} is truncated: {len(raw)} bytes, not even an IDX header")
-    zero, dtype_code, dims = struct.unpack(">HBB", raw[:4])
+    zero, dtype_code, dims = struct.unpack(">HBB", raw)
     if zero != 0 or dtype_code != IDX_UBYTE or dims != ndim:
         expected = 0x0800 + ndim
         raise UserError(
-            f"{path} is not an MNIST IDX file: magic number 0x{raw[:4].hex()} "
+            f"{path} is not an MNIST IDX file: magic number 0x{raw.hex()} "
             f"(expected 0x{expected:08x}); check the file name and that it is not corrupted"
         )
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path} is truncated: its header needs {header} bytes, got {len(raw)}")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(shape))
-    found = len(raw) - header
-    if found != expected:
+    sizes = f.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise UserError(
+            f"{path} is truncated: its header needs {header} bytes, got {4 + len(sizes)}"
+        )
+    shape = struct.unpack(f">{ndim}I", sizes)
+    if ndim == 3 and shape[1:] != IMAGE_SHAPE:
+        raise UserError(f"{path}: its header says images of {shape[1:]}, MNIST's are 28x28")
+    expected = math.prod(shape)  # Python ints: a header cannot overflow this
+    _check_promised_size(path, shape, expected, header)
+    data = bytearray(expected)
+    view, found = memoryview(data), 0
+    while found < expected:
+        n = f.readinto(view[found : found + READ_CHUNK])
+        if not n:
+            break
+        found += n
+    if found < expected or f.read(1):
         what = "is truncated" if found < expected else "has trailing bytes"
+        found_text = f"found {found}" if found < expected else "found more"
         raise UserError(
             f"{path} {what}: its header promises {expected} bytes of data {shape}, "
-            f"found {found}; download it again"
+            f"{found_text}; download it again"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def _check_promised_size(path: Path, shape: tuple[int, ...], expected: int, header: int) -> None:
+    """Refuse, from the header alone, sizes the file cannot hold or memory cannot take."""
+    from avlsi.memory import available_bytes, describe_bytes
+
+    size = path.stat().st_size
+    if path.suffix != ".gz" and size - header != expected:
+        what = "is truncated" if size - header < expected else "has trailing bytes"
+        raise UserError(
+            f"{path} {what}: its header promises {expected} bytes of data {shape}, "
+            f"found {size - header}; download it again"
+        )
+    if path.suffix == ".gz" and expected > MAX_DEFLATE_RATIO * size:
+        raise UserError(
+            f"{path}: its header promises {expected:,} bytes of data {shape}, more than a "
+            f"{size:,}-byte gzip file can hold; the file is corrupt: download it again"
+        )
+    available = available_bytes()
+    if available is not None and expected > available:
+        raise UserError(
+            f"{path}: its header promises {describe_bytes(expected)} of data {shape}, more "
+            f"than the {describe_bytes(available)} of memory available"
+        )
 
 
 def read_idx_dir(folder: Path) -> Arrays:
@@ -188,23 +256,16 @@ def _find_idx(folder: Path, name: str) -> Path | None:
     """`name` or `name.gz` in `folder`; also the common `train-images.idx3-ubyte` spelling."""
     dotted = name.replace("-idx", ".idx")
     for candidate in (name, name + ".gz", dotted, dotted + ".gz"):
-        if (folder / candidate).is_file():
+        kind = kind_of(folder / candidate)
+        if kind == "file":
             return folder / candidate
+        if kind != "missing":
+            raise UserError(
+                f"{folder / candidate} is {'a folder' if kind == 'folder' else kind}, not a "
+                "regular file: MNIST's IDX files must be "
+                "plain (or .gz) files"
+            )
     return None
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped if its name ends in .gz."""
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UserError(
-            f"{path} cannot be read ({_one_line(exc)}): it is truncated or not gzip'd; "
-            "download it again"
-        ) from exc
 
 
 def check_arrays(arrays: Arrays, source: str) -> Arrays:

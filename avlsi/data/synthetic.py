@@ -8,6 +8,7 @@ comes from one numpy Generator seeded with `seed`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,21 @@ def sample(
     return np.clip(x, 0.0, 1.0).astype(np.float32), y
 
 
+def check_size(shape: tuple[int, ...], examples: int) -> None:
+    """Refuse, before drawing anything, sizes whose arrays cannot fit in memory (drawing one
+    set holds about three float32 copies of it: noise, prototypes, clipped result)."""
+    from avlsi.memory import available_bytes, describe_bytes
+
+    needed = 3 * 4 * examples * math.prod(shape)
+    available = available_bytes()
+    if available is not None and needed > available:
+        raise UserError(
+            f"dataset.shape={list(shape)} with {examples:,} examples needs about "
+            f"{describe_bytes(needed)} of memory, more than the {describe_bytes(available)} "
+            "available; use a smaller dataset.shape, train_size or test_size"
+        )
+
+
 def load(cfg: Any, seed: int) -> Dataset:
     """Train and test sets drawn around the same class prototypes; deterministic in `seed`."""
     shape = _shape(cfg)
@@ -81,6 +97,7 @@ def load(cfg: Any, seed: int) -> Dataset:
     noise = float(getattr(cfg, "noise", 0.0) or 0.0)
     if noise < 0:
         raise UserError(f"dataset.noise={noise} must be at least 0")
+    check_size(shape, train_size + test_size)
     rng = np.random.default_rng(seed)
     protos = prototypes(rng, num_classes, shape)
     x_train, y_train = sample(rng, protos, train_size, noise)
