@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import avlsi
 from avlsi.config import effective_psize
+from avlsi.store import file_sha256
 
 # Config sections that say where results go or how they look, not what is computed.
 NOT_IN_JOB_KEY = ("mlflow", "store", "report", "verbose", "rerun", "task", "hydra")
@@ -72,14 +73,6 @@ def _cache_dir() -> Path:
     return Path(base).expanduser() / "fingerprints"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_fingerprint(path: Path) -> str:
     """sha256 of a regular file's content, cached by (path, size, mtime)."""
     stat = path.stat()
@@ -89,7 +82,7 @@ def file_fingerprint(path: Path) -> str:
         return cached.read_text().strip()
     except OSError:
         pass
-    value = _file_sha256(path)
+    value = file_sha256(path)
     try:  # a cache only: a read-only home is no reason to fail
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}")

@@ -29,7 +29,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -37,12 +36,6 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE, META_FILE = "model.keras", "meta.json"
 META_DIGEST = "meta_sha256"  # the meta's own checksum, over every other field
-
-
-def config_key(prefix: str, parts: dict[str, Any]) -> str:
-    """`prefix-<16 hex>`: a readable prefix plus a hash of everything that determines it."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return f"{prefix}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
 def file_sha256(path: Path) -> str:
