@@ -115,7 +115,10 @@ def sweep_jobs(
         parent = parents.mode().iloc[0] if len(parents) else None
     mine = frame[frame["is_data"] & (under | (frame["parent"] == parent))].copy()
     mine["job"] = [job_number(d, sweep_dir) for d in mine["output_dir"]]
-    extra = differing_keys(list(mine["config"]), {"model", "dataset", "criterion", "psize"})
+    extra = differing_keys(list(mine["config"]), {"criterion", "psize", "criterion.prunes"})
+    for group in ("model", "dataset"):  # a chosen option that differs says it all
+        if group in extra:
+            extra = [k for k in extra if not k.startswith(group + ".")]
     rows = []
     for _, run in mine.sort_values("start_time").iterrows():
         row = {"job": run["job"], "criterion": run["criterion"], "psize": run["psize"]}

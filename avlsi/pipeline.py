@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -222,7 +223,8 @@ class Job:
                 masking.apply_masks(model, masks)
             settings = cfg.finetune
         self.fit_and_record(model, settings, "finetuned")
-        record.log_keras_model(model)
+        run_name = mlflow.active_run().info.run_name or "finetuned"
+        record.log_keras_model(model, name=re.sub(r"[^A-Za-z0-9_.-]", "-", run_name))
 
     def fit_and_record(self, model, settings: DictConfig | str, prefix: str) -> None:
         """Train with `settings` (or the config section of that name); log curves, size, file."""

@@ -330,7 +330,9 @@ def plot_group(table: pd.DataFrame, runs: pd.DataFrame, path: Path) -> list[str]
         accuracy = f"{stage}.test_accuracy"
         for (size, xlabel, pareto), ax in zip(AXES_X, row, strict=True):
             points = []
-            for label in order["series"]:
+            for label, config in order[["series", "config"]].values:
+                if stage == "pruned" and _is_scratch(config):
+                    continue  # right after pruning, scratch's model is its criterion's: no news
                 rows = pruned[pruned["series"] == label]
                 shown = label + (f" ({seeds_text(rows)})" if seeds_vary else "")
                 points += _plot_series(ax, rows, size, accuracy, styles[label], shown)
