@@ -224,7 +224,7 @@ class Job:
             settings = cfg.finetune
         self.fit_and_record(model, settings, "finetuned")
         run_name = mlflow.active_run().info.run_name or "finetuned"
-        record.log_keras_model(model, name=re.sub(r"[^A-Za-z0-9_.-]", "-", run_name))
+        record.log_keras_model(model, name=re.sub(r"[^A-Za-z0-9_-]", "-", run_name))
 
     def fit_and_record(self, model, settings: DictConfig | str, prefix: str) -> None:
         """Train with `settings` (or the config section of that name); log curves, size, file."""
