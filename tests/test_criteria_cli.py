@@ -36,9 +36,10 @@ TINY = [
     "verbose=0",
 ]
 MODELS = {
-    "cnn": ["model.conv_filters=[4,4,8,8]", "model.dense_units=[8]", "criterion.layer=conv1"],
-    "dnn": ["model.dense_units=[16,16,8,8,8,8]", "criterion.layer=dense1"],
+    "cnn": ["model.conv_filters=[4,4,8,8]", "model.dense_units=[8]"],
+    "dnn": ["model.dense_units=[16,16,8,8,8,8]"],
 }
+LAYER = {"cnn": "conv1", "dnn": "dense1"}  # for scope=layer (refused with other scopes)
 SCOPES = ("layer", "layerwise", "global")
 
 
@@ -86,14 +87,21 @@ def sweeps(tmp_path_factory):
     procs: dict = {model: [] for model in MODELS}
     for model, overrides in MODELS.items():
         for i, ((scopes, structured), names) in enumerate(groups().items()):
-            tmp = base / f"{model}{i}"
-            sweep = [
-                f"criterion={','.join(names)}",
-                f"criterion.scope={','.join(scopes)}",
-                f"finetune.epochs={0 if structured else 1}",
-            ]
-            args = ["-m", f"model={model}", *overrides, *sweep]
-            procs[model].append((tmp, start(tmp, base / f"{model}_store", args)))
+            others = [scope for scope in scopes if scope != "layer"]
+            # scope=layer names its layer; the other scopes refuse a criterion.layer.
+            for j, part in enumerate([["layer"] if "layer" in scopes else [], others]):
+                if not part:
+                    continue
+                tmp = base / f"{model}{i}_{j}"
+                sweep = [
+                    f"criterion={','.join(names)}",
+                    f"criterion.scope={','.join(part)}",
+                    f"finetune.epochs={0 if structured else 1}",
+                ]
+                if part == ["layer"]:
+                    sweep.append(f"criterion.layer={LAYER[model]}")
+                args = ["-m", f"model={model}", *overrides, *sweep]
+                procs[model].append((tmp, start(tmp, base / f"{model}_store", args)))
     refused = start(
         base / "refused",
         base / "refused_store",
