@@ -226,11 +226,12 @@ def steps_of(cfg: DictConfig) -> list[str]:
 def effective_psize(cfg: DictConfig) -> float | None:
     """The psize the job uses; None where psize means nothing.
 
-    None for criterion=none (no pruning) and for criterion.threshold (magnitude zeroes every
-    |w| below it, whatever psize says); keys, run names and params use this, not cfg.psize.
+    None for a criterion that does not prune (`prunes: false`: the `none` control) and for
+    criterion.threshold (magnitude zeroes every |w| below it, whatever psize says); keys, run
+    names and params use this, not cfg.psize.
     """
     criterion = cfg.criterion
-    if criterion.name == "none" or OmegaConf.select(criterion, "prunes", default=True) is False:
+    if OmegaConf.select(criterion, "prunes", default=True) is False:
         return None
     if OmegaConf.select(criterion, "threshold", default=None) is not None:
         return None

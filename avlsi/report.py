@@ -483,7 +483,10 @@ def log_report(
         for path in files:
             client.log_artifact(run_id, str(path))
         return run_id
-    tags = {REPORT_TAG: "true", "mlflow.note.content": description}
+    from avlsi.record import process_tags
+
+    # host / pid: a report killed mid-write is closed as an orphan by the next job
+    tags = {REPORT_TAG: "true", "mlflow.note.content": description, **process_tags()}
     run = client.create_run(experiment_id, run_name="report", tags=tags)
     run_id = run.info.run_id
     try:

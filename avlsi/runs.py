@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from avlsi.errors import UserError
-from avlsi.record import sqlite_path
+from avlsi.record import open_client, sqlite_path
 
 STAGES = ("baseline", "pruned", "finetuned")
 QUANTITIES = ("test_accuracy", "val_accuracy", "params", "nonzero_params", "macs")
@@ -72,7 +72,7 @@ def open_experiment(tracking_uri: str, experiment: str) -> tuple[MlflowClient, s
             f"no MLflow store at {store.absolute()} (mlflow.tracking_uri={tracking_uri}); "
             "run some jobs first, or pass the mlflow.tracking_uri they used"
         )
-    client = MlflowClient(tracking_uri)
+    client = open_client(tracking_uri)  # an older schema is migrated under the store's lock
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage == "deleted":
         names = sorted(e.name for e in client.search_experiments())

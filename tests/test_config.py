@@ -125,9 +125,8 @@ def test_effective_psize_is_none_where_psize_means_nothing(overrides, expected):
 
 
 def test_effective_psize_of_the_no_pruning_control_is_none():
-    cfg = composed("psize=0.4")
-    cfg.criterion.name = "none"  # the control (its YAML comes with the lead's pipeline work)
-    assert effective_psize(cfg) is None
+    assert effective_psize(composed("criterion=none", "psize=0.4")) is None
+    assert effective_psize(composed("criterion=l1", "psize=0.4")) == 0.4
 
 
 def study_jobs(name: str) -> list[list[str]]:
