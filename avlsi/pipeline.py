@@ -36,7 +36,6 @@ from avlsi.store import ModelStore
 
 log = logging.getLogger(__name__)
 
-STEPS = ("train", "prune", "finetune")
 BASELINES, PRUNED = "baselines", "pruned"
 
 
