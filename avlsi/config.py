@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from avlsi.errors import UserError, clip
+from avlsi.units import UNIT_TYPES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +40,15 @@ class Normalize(StrEnum):
     max = "max"  # divide by the largest |score|
     mean = "mean"  # divide by the mean |score|
     none = "none"  # raw scores
+
+
+class GroupReduce(StrEnum):
+    """How the scores of a group's coupled layers become one score per channel."""
+
+    mean = "mean"  # their mean (Torch-Pruning's default)
+    sum = "sum"
+    max = "max"
+    first = "first"  # the first layer's score alone
 
 
 class Task(StrEnum):
@@ -123,11 +133,10 @@ class CriterionConfig:
     prunes: bool = True  # False: the `none` control (no unit removed, psize ignored)
     normalize: Normalize = Normalize.rms  # scope=global: per-layer scaling before ranking
     min_units: int = 1  # every layer keeps at least this many units (magnitude: weights)
+    group_reduce: GroupReduce = GroupReduce.mean  # coupled layers' scores -> one per channel
     layer_types: dict[str, list[str]] = field(
         default_factory=lambda: {
-            "layer": ["Conv2D", "Dense"],
-            "layerwise": ["Conv2D", "Dense"],
-            "global": ["Conv2D", "Dense"],
+            scope: list(UNIT_TYPES) for scope in ("layer", "layerwise", "global")
         }
     )
 
