@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import tensorflow as tf
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
@@ -194,10 +193,10 @@ class Job:
         return pruned, masked
 
     def scoring_context(self) -> ScoringContext:
-        x, y = self.data.x_train, self.data.y_train
-        count = min(self.cfg.criterion.samples, len(x))
-        pick = np.sort(np.random.default_rng(self.cfg.seed).choice(len(x), count, replace=False))
-        return ScoringContext(x=x[pick], y=y[pick], seed=self.cfg.seed)
+        """`criterion.samples` training images (decoded from the stream for streamed data),
+        the same for the same seed."""
+        x, y = self.data.sample(self.cfg.criterion.samples, self.cfg.seed)
+        return ScoringContext(x=x, y=y, seed=self.cfg.seed)
 
     def load_pruned(self):
         path, meta = self.store.get(PRUNED, pruned_key(self.cfg))
@@ -280,7 +279,7 @@ def run_name(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> 
         for o in overrides
         if o.lstrip("+~").startswith(("model.", "dataset.", "train.", "finetune.", "criterion."))
         and not o.lstrip("+~").startswith(shown)
-        and not o.lstrip("+~").startswith("dataset.path")
+        and not o.lstrip("+~").startswith(("dataset.path", "dataset.test_path"))
     )
     if hashed:
         parts.append(hashlib.sha256("\n".join(hashed).encode()).hexdigest()[:6])
