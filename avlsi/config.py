@@ -303,6 +303,14 @@ def check_dataset(dataset: DictConfig) -> None:
             raise UserError(
                 f"dataset.{key}={clip(value)} is a {kind}; dataset={dataset.name} reads {hint}"
             )
+    if schema is NpzConfig:  # its headers: layout mistakes before TensorFlow loads
+        from avlsi.data.npz import check_file
+
+        check_file(Path(str(path)).expanduser())
+    if schema is ImageFolderConfig:
+        from avlsi.data.image_folder import check_settings
+
+        check_settings(dataset)
 
 
 MAX_SEED = 2**32 - 1  # the largest seed numpy and TensorFlow accept

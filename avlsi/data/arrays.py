@@ -130,14 +130,14 @@ def labels(y: np.ndarray, key: str, source: str) -> np.ndarray:
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
             raise UserError(
-                f"{source}: {key} has non-integer labels (e.g. {y[bad][0]!r} at index "
+                f"{source}: {key} has non-integer labels (e.g. {y[bad][0].item():g} at index "
                 f"{int(np.flatnonzero(bad)[0])}); labels are class indices 0..K-1"
             )
     if len(y) and y.min() < 0:
         index = int(np.argmin(y))
         raise UserError(
-            f"{source}: {key} has negative labels (e.g. {y[index]} at index {index}); labels "
-            "are class indices 0..K-1"
+            f"{source}: {key} has negative labels (e.g. {y[index].item()} at index {index}); "
+            "labels are class indices 0..K-1"
         )
     return y.astype(np.int64)
 

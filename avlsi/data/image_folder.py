@@ -106,6 +106,15 @@ def _channels(cfg: Any) -> int:
     return CHANNELS[mode]
 
 
+def check_settings(cfg: Any) -> None:
+    """image_size, color_mode and test_fraction, before anything is listed or loaded."""
+    _image_size(cfg)
+    _channels(cfg)
+    fraction = float(getattr(cfg, "test_fraction", 0.2))
+    if not 0 < fraction < 1:
+        raise UserError(f"dataset.test_fraction={fraction} must be in (0, 1), e.g. 0.2")
+
+
 def _folder(path: Path, what: str) -> Path:
     kind = kind_of(path, what)
     if kind != "folder":

@@ -17,7 +17,14 @@ from typing import IO, Any
 import numpy as np
 
 from avlsi.data import Dataset
-from avlsi.data.arrays import OPTIONAL, REQUIRED, check_layout, check_memory, to_dataset
+from avlsi.data.arrays import (
+    OPTIONAL,
+    REQUIRED,
+    check_layout,
+    check_memory,
+    labels,
+    to_dataset,
+)
 from avlsi.data.files import require_regular_file
 from avlsi.errors import UserError, clip
 
@@ -54,28 +61,23 @@ def _read_rows(zf: zipfile.ZipFile, member: str, rows: int | None) -> np.ndarray
         return np.frombuffer(data, dtype=header.dtype).reshape(shape).copy()
 
 
-def read(path: Path, limit: int | None = None, test_limit: int | None = None) -> dict:
-    """The arrays of an npz file, checked for layout (from headers) and memory first."""
-    source = f"dataset.path={clip(path)}"
+def _headers(zf: zipfile.ZipFile, source: str) -> tuple[dict, dict, list[str]]:
+    """(member names, headers, splits) of an open npz, its layout checked."""
+    members = {n.removesuffix(".npy"): n for n in zf.namelist() if n.endswith(".npy")}
+    headers = {}
+    for key in (*REQUIRED, *OPTIONAL):
+        if key in members:
+            with zf.open(members[key]) as f:
+                headers[key] = _read_header(f)
+    return members, headers, check_layout(headers, source)
+
+
+def _opened(path: Path, source: str, work):
+    """`work(zipfile)` on the npz at `path`; its failures as one-line UserErrors."""
     require_regular_file(path, "pass an .npz file made with np.savez")
-    rows_of = {"train": limit, "test": test_limit, "val": None}
     try:
         with zipfile.ZipFile(path) as zf:
-            members = {n.removesuffix(".npy"): n for n in zf.namelist() if n.endswith(".npy")}
-            wanted = [k for k in (*REQUIRED, *OPTIONAL) if k in members]
-            headers = {}
-            for key in wanted:
-                with zf.open(members[key]) as f:
-                    headers[key] = _read_header(f)
-            splits = check_layout(headers, source)
-            rows = {
-                s: min(headers[f"x_{s}"].shape[0], rows_of[s] or headers[f"x_{s}"].shape[0])
-                for s in splits
-            }
-            check_memory(headers, rows, source)
-            return {
-                key: _read_rows(zf, members[key], rows_of[key.split("_", 1)[1]]) for key in wanted
-            }
+            return work(zf)
     except zipfile.BadZipFile:
         raise UserError(
             f"{source} is not an .npz file (not a zip archive); save it with "
@@ -86,6 +88,33 @@ def read(path: Path, limit: int | None = None, test_limit: int | None = None) ->
         raise UserError(
             f"{source} cannot be read ({clip(first)}); save it again with np.savez"
         ) from None
+
+
+def check_file(path: Path) -> None:
+    """The npz's layout from its headers and its labels (the images are not read): run
+    before TensorFlow loads."""
+    source = f"dataset.path={clip(path)}"
+
+    def work(zf: zipfile.ZipFile) -> None:
+        members, _, splits = _headers(zf, source)
+        for split in splits:
+            labels(_read_rows(zf, members[f"y_{split}"], None), f"y_{split}", source)
+
+    _opened(path, source, work)
+
+
+def read(path: Path, limit: int | None = None, test_limit: int | None = None) -> dict:
+    """The arrays of an npz file, checked for layout (from headers) and memory first."""
+    source = f"dataset.path={clip(path)}"
+    rows_of = {"train": limit, "test": test_limit, "val": None}
+
+    def work(zf: zipfile.ZipFile) -> dict:
+        members, headers, splits = _headers(zf, source)
+        rows = {s: min(headers[f"x_{s}"].shape[0], rows_of[s] or 2**63) for s in splits}
+        check_memory(headers, rows, source)
+        return {key: _read_rows(zf, members[key], rows_of[key.split("_", 1)[1]]) for key in headers}
+
+    return _opened(path, source, work)
 
 
 def load(cfg: Any, seed: int) -> Dataset:
