@@ -66,16 +66,22 @@ def test_grey_images_vectors_floats_and_label_layouts(tmp_path: Path) -> None:
 
 def test_limits_read_only_the_rows_kept(tmp_path: Path, monkeypatch) -> None:
     raw = arrays()
+    raw["y_test"][-1] = 3  # a class seen only beyond the limit still counts
     path = write_npz(tmp_path / "d.npz", raw)
-    read_whole = []
+    read_whole: list[tuple[int, ...]] = []
     original = np.lib.format.read_array
-    monkeypatch.setattr(
-        np.lib.format, "read_array", lambda f, **kw: read_whole.append(1) or original(f, **kw)
-    )
+
+    def spy(f, **kwargs):
+        array = original(f, **kwargs)
+        read_whole.append(array.shape)
+        return array
+
+    monkeypatch.setattr(np.lib.format, "read_array", spy)
     data = npz.load(cfg(path, limit=7, test_limit=5), seed=0)
     assert np.array_equal(data.x_train, raw["x_train"][:7] / np.float32(255))
     assert data.y_train.tolist() == raw["y_train"][:7].tolist() and len(data.y_test) == 5
-    assert read_whole == []  # the four arrays were read row-limited, never whole
+    assert read_whole == [(60,), (30,)]  # the labels whole, the images only as far as kept
+    assert data.num_classes == 4
 
 
 def test_given_validation_arrays_are_used_not_held_out(tmp_path: Path) -> None:

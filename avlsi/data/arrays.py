@@ -159,24 +159,37 @@ def images(x: np.ndarray, key: str, source: str) -> np.ndarray:
     return out[..., np.newaxis] if out.ndim == 3 else out
 
 
-def to_dataset(arrays: dict[str, np.ndarray], name: str, source: str, cfg: Any) -> Dataset:
-    """A Dataset from keras-layout arrays: checked, limited (before any conversion), scaled."""
+def count_classes(arrays: dict[str, np.ndarray], source: str) -> int:
+    """K: the one-hot width, or the largest label + 1 over every split; at least 2."""
+    y_train = arrays["y_train"]
+    if y_train.ndim == 2 and y_train.shape[1] > 1:
+        count = int(y_train.shape[1])
+    else:
+        found = [
+            labels(arrays[k], k, source) for k in ("y_train", "y_test", "y_val") if k in arrays
+        ]
+        count = 1 + max((int(y.max()) for y in found if len(y)), default=0)
+    if count < 2:
+        raise UserError(f"{source}: the labels name {count} class; a classifier needs at least 2")
+    return count
+
+
+def to_dataset(
+    arrays: dict[str, np.ndarray], name: str, source: str, cfg: Any, num_classes: int | None = None
+) -> Dataset:
+    """A Dataset from keras-layout arrays: checked, limited (before any conversion), scaled.
+
+    The number of classes comes from all the labels given (before `dataset.limit` /
+    `dataset.test_limit`: a limit never changes the model's outputs), unless `num_classes`
+    is known (keras' datasets)."""
     splits = check_layout(arrays, source)
+    ys = {s: labels(arrays[f"y_{s}"], f"y_{s}", source) for s in splits}
+    if num_classes is None:
+        num_classes = count_classes(arrays, source)
     limit, test_limit = getattr(cfg, "limit", None), getattr(cfg, "test_limit", None)
     for split, keep in (("train", limit), ("test", test_limit)):
         if keep is not None:
-            for key in (f"x_{split}", f"y_{split}"):
-                arrays[key] = arrays[key][:keep]
-    ys = {s: labels(arrays[f"y_{s}"], f"y_{s}", source) for s in splits}
-    onehot = arrays["y_train"].ndim == 2 and arrays["y_train"].shape[1] > 1
-    if onehot:
-        num_classes = int(arrays["y_train"].shape[1])
-    else:
-        num_classes = 1 + max((int(y.max()) for y in ys.values() if len(y)), default=0)
-    if num_classes < 2:
-        raise UserError(
-            f"{source}: the labels name {num_classes} class; a classifier needs at least 2"
-        )
+            arrays[f"x_{split}"], ys[split] = arrays[f"x_{split}"][:keep], ys[split][:keep]
     xs = {s: images(arrays[f"x_{s}"], f"x_{s}", source) for s in splits}
     data = Dataset(
         name=name,

@@ -91,4 +91,5 @@ def load(cfg: Any, seed: int) -> Dataset:
     name = str(cfg.name)
     check_name(name)
     arrays = read(name, cache_root(cfg))
-    return to_dataset(arrays, name, f"keras dataset {name}", cfg)
+    classes = 100 if name == "cifar100" else 10
+    return to_dataset(arrays, name, f"keras dataset {name}", cfg, num_classes=classes)

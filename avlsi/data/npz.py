@@ -22,6 +22,7 @@ from avlsi.data.arrays import (
     REQUIRED,
     check_layout,
     check_memory,
+    count_classes,
     labels,
     to_dataset,
 )
@@ -112,7 +113,11 @@ def read(path: Path, limit: int | None = None, test_limit: int | None = None) ->
         members, headers, splits = _headers(zf, source)
         rows = {s: min(headers[f"x_{s}"].shape[0], rows_of[s] or 2**63) for s in splits}
         check_memory(headers, rows, source)
-        return {key: _read_rows(zf, members[key], rows_of[key.split("_", 1)[1]]) for key in headers}
+        # Labels whole (small; all of them count the classes), images only as far as kept.
+        return {
+            key: _read_rows(zf, members[key], rows_of[key[2:]] if key[0] == "x" else None)
+            for key in headers
+        }
 
     return _opened(path, source, work)
 
@@ -121,5 +126,9 @@ def load(cfg: Any, seed: int) -> Dataset:
     """The npz file's arrays as a Dataset (float32 images in [0, 1], int64 labels)."""
     del seed  # the file fixes the split
     path = Path(str(cfg.path)).expanduser()
+    source = f"dataset.path={clip(path)}"
     arrays = read(path, getattr(cfg, "limit", None), getattr(cfg, "test_limit", None))
-    return to_dataset(arrays, str(cfg.name), f"dataset.path={clip(path)}", cfg)
+    num_classes = count_classes(arrays, source)  # from every label, before the limits
+    for split in ("train", "test"):  # the images were read only as far as the limits keep
+        arrays[f"y_{split}"] = arrays[f"y_{split}"][: len(arrays[f"x_{split}"])]
+    return to_dataset(arrays, str(cfg.name), source, cfg, num_classes=num_classes)
