@@ -109,10 +109,27 @@ def folder_listing(folder: Path) -> list[tuple[str, int, int]]:
     return sorted(found)
 
 
+_FOLDER_MEMO: dict[Path, str] = {}  # folder -> fingerprint, for one job (forget_folders)
+
+
+def forget_folders() -> None:
+    """Walk data folders again at the next fingerprint (called as each job starts)."""
+    _FOLDER_MEMO.clear()
+
+
 def folder_fingerprint(folder: Path) -> str:
-    """sha256 of a folder's file names and contents, cached by its listing (names, sizes,
-    mtimes): a rerun costs one walk of the folder; a changed, added or removed file, a full
-    hash (which also makes a copy of the folder, whose mtimes differ, keep its keys)."""
+    """sha256 of a folder's file names and contents, cached on disk by its listing (names,
+    sizes, mtimes): a rerun costs one walk of the folder (about 30 us a file here); a
+    changed, added or removed file, a full hash (which also makes a copy of the folder,
+    whose mtimes differ, keep its keys). Within a job the folder is walked once."""
+    memo = _FOLDER_MEMO.get(folder.resolve())
+    if memo is not None:
+        return memo
+    _FOLDER_MEMO[folder.resolve()] = value = _folder_fingerprint(folder)
+    return value
+
+
+def _folder_fingerprint(folder: Path) -> str:
     listing = folder_listing(folder)
     ident = hashlib.sha256(f"{folder.resolve()}\0{listing}".encode()).hexdigest()[:32]
     cached = _cache_dir() / f"folder-{ident}"

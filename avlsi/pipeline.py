@@ -23,6 +23,7 @@ from avlsi.keys import (
     baseline_key,
     code_fingerprint,
     data_fingerprint,
+    forget_folders,
     git_commit,
     group_key,
     job_key,
@@ -301,6 +302,7 @@ def run_job(
     is a child of that (sweep) run.
     """
     check_config(cfg)
+    forget_folders()  # a data folder is walked once per job (keys.folder_fingerprint)
     key = job_key(cfg)
     if skip_finished:
         done = record.find_finished(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, key)

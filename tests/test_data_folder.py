@@ -211,10 +211,18 @@ def test_folder_fingerprint_follows_content_and_is_cached(split_folder, tmp_path
     copy = shutil.copytree(split_folder, tmp_path / "copy")  # new mtimes, same content
     first = keys.data_fingerprint(cfg(split_folder))
     assert keys.data_fingerprint(cfg(copy)) == first
+    keys.forget_folders()
     monkeypatch.setattr(keys, "file_sha256", lambda p: pytest.fail("hashed again"))
     assert keys.data_fingerprint(cfg(copy)) == first  # cached: the listing is unchanged
     monkeypatch.undo()
     monkeypatch.setenv("AVLSI_CACHE_DIR", str(tmp_path / "cache"))
+    walked = []
+    monkeypatch.setattr(keys, "folder_listing", lambda f: walked.append(f) or [])
+    keys.data_fingerprint(cfg(copy))
+    assert walked == []  # within a job, a folder is walked once
+    monkeypatch.undo()
+    monkeypatch.setenv("AVLSI_CACHE_DIR", str(tmp_path / "cache"))
+    keys.forget_folders()
     some_image = next((copy / "test" / "cat").iterdir()).read_bytes()
     (copy / "train" / "cat" / "new.png").write_bytes(some_image)
     assert keys.data_fingerprint(cfg(copy)) != first
@@ -245,3 +253,23 @@ def test_a_whole_job_on_a_folder_and_on_the_same_data_as_npz(raw, tmp_path, cli)
     assert run.data.tags["avlsi.data"] == keys.data_fingerprint(cfg(root))
     sizes = {d.tags[0].value: d.dataset.profile for d in run.inputs.dataset_inputs}
     assert '"features_shape": [54]' in sizes["train"] and '"features_shape": [30]' in sizes["test"]
+
+
+def test_streamed_training_is_reproducible_for_a_seed(split_folder) -> None:
+    import tensorflow as tf
+
+    from avlsi import train
+
+    data = image_folder.load(cfg(split_folder), seed=0)
+    settings = OmegaConf.create({"epochs": 2, "batch_size": 8, "learning_rate": 0.01})
+
+    def trained(seed: int) -> list[np.ndarray]:
+        train.seed_everything(seed)
+        model = tf.keras.Sequential([tf.keras.Input((16, 16, 3)), tf.keras.layers.Flatten()])
+        model.add(tf.keras.layers.Dense(3, activation="softmax"))
+        train.fit(model, data, settings, verbose=0)
+        return model.get_weights()
+
+    first, again, other = trained(0), trained(0), trained(1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
