@@ -306,7 +306,7 @@ def check_dataset(dataset: DictConfig) -> None:
     if schema is NpzConfig:  # its headers: layout mistakes before TensorFlow loads
         from avlsi.data.npz import check_file
 
-        check_file(Path(str(path)).expanduser())
+        check_file(Path(str(path)).expanduser(), dataset.limit, dataset.test_limit)
     if schema is ImageFolderConfig:
         from avlsi.data.image_folder import check_settings
 

@@ -213,3 +213,24 @@ def test_a_whole_job_on_npz_data(cli, tmp_path: Path) -> None:
         "validation": [9, 16, 16, 3],
         "test": [30, 16, 16, 3],
     }
+
+
+def test_an_npz_whose_header_promises_too_much_is_refused_before_reading(tmp_path: Path) -> None:
+    """A header promising 2**40 images: refused from the header (memory), nothing read."""
+    import io
+
+    def member(shape: tuple[int, ...]) -> bytes:
+        buf = io.BytesIO()
+        header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(buf, header)
+        return buf.getvalue() + bytes(64)
+
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x_train.npy", member((2**40, 16, 16, 3)))
+        z.writestr("y_train.npy", member((2**40,)))
+        z.writestr("x_test.npy", member((1, 16, 16, 3)))
+        z.writestr("y_test.npy", member((1,)))
+    for check in (lambda: npz.check_file(path), lambda: npz.load(cfg(path), seed=0)):
+        with pytest.raises(UserError, match="as float32, more than the .* of memory available"):
+            check()

@@ -84,20 +84,23 @@ def _opened(path: Path, source: str, work):
             f"{source} is not an .npz file (not a zip archive); save it with "
             "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
         ) from None
-    except (OSError, ValueError, EOFError, zipfile.LargeZipFile) as exc:
+    except (OSError, ValueError, EOFError, MemoryError, zipfile.LargeZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"{source} cannot be read ({clip(first)}); save it again with np.savez"
         ) from None
 
 
-def check_file(path: Path) -> None:
-    """The npz's layout from its headers and its labels (the images are not read): run
-    before TensorFlow loads."""
+def check_file(path: Path, limit: int | None = None, test_limit: int | None = None) -> None:
+    """The npz's layout from its headers, the memory its images will take (with the limits)
+    and its labels (the images are not read): run before TensorFlow loads."""
     source = f"dataset.path={clip(path)}"
+    rows_of = {"train": limit, "test": test_limit, "val": None}
 
     def work(zf: zipfile.ZipFile) -> None:
-        members, _, splits = _headers(zf, source)
+        members, headers, splits = _headers(zf, source)
+        rows = {s: min(headers[f"x_{s}"].shape[0], rows_of[s] or 2**63) for s in splits}
+        check_memory(headers, rows, source)
         for split in splits:
             labels(_read_rows(zf, members[f"y_{split}"], None), f"y_{split}", source)
 
