@@ -286,6 +286,11 @@ def check_dataset(dataset: DictConfig) -> None:
         from avlsi.data.keras_datasets import check_name  # no TensorFlow yet either
 
         check_name(str(dataset.name))
+        if dataset.path is not None:
+            raise UserError(
+                "dataset=keras reads keras' own cache, not dataset.path; drop it (or pass "
+                "dataset.cache_dir=FOLDER whose datasets/ holds the files)"
+            )
     path = dataset.path
     if path is None:
         example = getattr(schema, "path_example", None)

@@ -280,7 +280,9 @@ def run_name(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> 
         for o in overrides
         if o.lstrip("+~").startswith(("model.", "dataset.", "train.", "finetune.", "criterion."))
         and not o.lstrip("+~").startswith(shown)
-        and not o.lstrip("+~").startswith(("dataset.path", "dataset.test_path"))
+        and not o.lstrip("+~").startswith(
+            ("dataset.path", "dataset.test_path", "dataset.cache_dir")
+        )
     )
     if hashed:
         parts.append(hashlib.sha256("\n".join(hashed).encode()).hexdigest()[:6])

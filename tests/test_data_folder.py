@@ -273,3 +273,33 @@ def test_streamed_training_is_reproducible_for_a_seed(split_folder) -> None:
     first, again, other = trained(0), trained(0), trained(1)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["dataset=image_folder"], "dataset=image_folder needs dataset.path=/path/to/images"),
+        (["dataset=image_folder", "dataset.path=FILE"], "dataset=image_folder reads a folder"),
+        (["dataset=npz", "dataset.path=FOLDER"], "dataset=npz reads an .npz file"),
+        (["dataset=image_folder", "dataset.path=FOLDER", "dataset.test_path=MISSING"], "test_path"),
+        (["dataset=image_folder", "dataset.path=FOLDER", "dataset.color_mode=bw"], "color_mode"),
+        (["dataset=keras", "dataset.path=FOLDER"], "dataset=keras reads keras' own cache"),
+    ],
+)
+def test_dataset_settings_are_checked_with_the_config(tmp_path, overrides, needle) -> None:
+    """config.check_dataset: what `python run.py` refuses before TensorFlow loads."""
+    from hydra import compose, initialize_config_dir
+
+    from avlsi.config import PROJECT_ROOT, check_dataset, register
+
+    (tmp_path / "file.npz").touch()
+    places = {"FILE": tmp_path / "file.npz", "FOLDER": tmp_path, "MISSING": tmp_path / "none"}
+    overrides = [
+        o.split("=")[0] + "=" + str(places.get(o.split("=")[1], o.split("=")[1])) for o in overrides
+    ]
+    register()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        dataset = compose(config_name="config", overrides=overrides).dataset
+    with pytest.raises(UserError) as caught:
+        check_dataset(dataset)
+    assert needle in str(caught.value)

@@ -85,6 +85,8 @@ class Dataset:
         Shuffling reshuffles every epoch; `seed=None` takes TensorFlow's global seed
         (`tf.keras.utils.set_random_seed`). A streamed dataset shuffles its file paths
         (cheap, whatever the images' size) and decodes each batch in parallel, in order.
+        Arrays are copied into the pipeline: fit / evaluate take them directly instead
+        (`keras_inputs`), as fast as before.
         """
         import tensorflow as tf
 
