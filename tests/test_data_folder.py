@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -246,13 +247,18 @@ def test_a_whole_job_on_a_folder_and_on_the_same_data_as_npz(raw, tmp_path, cli)
         seconds[name] = time.perf_counter() - start
         assert proc.returncode == 0, proc.stderr[-3000:]
     print(f"\njob seconds: {seconds}")
-    (run,) = cli.runs("image_folder")
-    assert run.info.status == "FINISHED"
-    assert run.data.metrics["finetuned.test_accuracy"] > 0.5  # 3 classes: chance is 1/3
-    assert run.data.params["dataset"] == "image_folder"
-    assert run.data.tags["avlsi.data"] == keys.data_fingerprint(cfg(root))
-    sizes = {d.tags[0].value: d.dataset.profile for d in run.inputs.dataset_inputs}
-    assert '"features_shape": [54]' in sizes["train"] and '"features_shape": [30]' in sizes["test"]
+    for name, train_shape in (("image_folder", [54]), ("npz", [54, 16, 16, 3])):
+        (run,) = cli.runs(name)
+        metrics = run.data.metrics
+        assert run.info.status == "FINISHED" and run.data.params["dataset"] == name
+        assert metrics["finetuned.test_accuracy"] > 0.5  # 3 classes: chance is 1/3
+        assert metrics["finetuned.params"] < metrics["baseline.params"]
+        inputs = {d.tags[0].value: json.loads(d.dataset.profile) for d in run.inputs.dataset_inputs}
+        assert inputs["train"]["features_shape"] == train_shape  # paths, or the images
+        assert inputs["validation"]["features_shape"][0] == 6 and len(inputs) == 3
+    assert run.data.tags["avlsi.data"] == keys.data_fingerprint(cfg(npz_path))
+    (folder_run,) = cli.runs("image_folder")
+    assert folder_run.data.tags["avlsi.data"] == keys.data_fingerprint(cfg(root))
 
 
 def test_streamed_training_is_reproducible_for_a_seed(split_folder) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
@@ -192,27 +191,6 @@ def test_nan_images_are_named_in_one_line(tmp_path: Path) -> None:
     npz.check_file(path)  # the headers and labels are fine
     with pytest.raises(UserError, match=r"x_train holds nan at \(3, 2, 1, 0\)"):
         npz.load(cfg(path), seed=0)
-
-
-@pytest.mark.slow
-def test_a_whole_job_on_npz_data(cli, tmp_path: Path) -> None:
-    path = write_npz(tmp_path / "d.npz", arrays(90, 30))
-    proc = cli("dataset=npz", f"dataset.path={path}", *TINY_JOB, tiny=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = cli.runs()
-    assert run.info.status == "FINISHED"
-    metrics = run.data.metrics
-    assert metrics["baseline.params"] > metrics["finetuned.params"]
-    assert metrics["finetuned.test_accuracy"] > 0.5  # 3 classes: chance is 1/3
-    shapes = {
-        d.tags[0].value: json.loads(d.dataset.profile)["features_shape"]
-        for d in run.inputs.dataset_inputs
-    }
-    assert shapes == {
-        "train": [81, 16, 16, 3],
-        "validation": [9, 16, 16, 3],
-        "test": [30, 16, 16, 3],
-    }
 
 
 def test_an_npz_whose_header_promises_too_much_is_refused_before_reading(tmp_path: Path) -> None:
