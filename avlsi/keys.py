@@ -93,7 +93,7 @@ def folder_listing(folder: Path) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime_ns) of every regular file under `folder`, sorted; hidden
     files and folders (a leading dot) are left out, as the image-folder loader leaves them."""
     found: list[tuple[str, int, int]] = []
-    stack = [folder]
+    stack, seen = [folder], {folder.resolve()}
     while stack:
         current = stack.pop()
         with os.scandir(current) as entries:
@@ -101,7 +101,10 @@ def folder_listing(folder: Path) -> list[tuple[str, int, int]]:
                 if entry.name.startswith("."):
                     continue
                 if entry.is_dir(follow_symlinks=True):
-                    stack.append(Path(entry.path))
+                    real = Path(entry.path).resolve()
+                    if real not in seen:  # a link back up the tree is walked once
+                        seen.add(real)
+                        stack.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=True):
                     info = entry.stat(follow_symlinks=True)
                     rel = Path(entry.path).relative_to(folder).as_posix()
