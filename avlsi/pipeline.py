@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import tensorflow as tf
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +23,7 @@ from avlsi.keys import (
     baseline_key,
     code_fingerprint,
     data_fingerprint,
+    forget_folders,
     git_commit,
     group_key,
     job_key,
@@ -213,10 +213,10 @@ class Job:
         return pruned
 
     def scoring_context(self) -> ScoringContext:
-        x, y = self.data.x_train, self.data.y_train
-        count = min(self.cfg.criterion.samples, len(x))
-        pick = np.sort(np.random.default_rng(self.cfg.seed).choice(len(x), count, replace=False))
-        return ScoringContext(x=x[pick], y=y[pick], seed=self.cfg.seed)
+        """`criterion.samples` training images (decoded from the stream for streamed data),
+        the same for the same seed."""
+        x, y = self.data.sample(self.cfg.criterion.samples, self.cfg.seed)
+        return ScoringContext(x=x, y=y, seed=self.cfg.seed)
 
     def load_pruned(self):
         path, meta = self.store.get(PRUNED, pruned_key(self.cfg))
@@ -299,7 +299,9 @@ def run_name(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> 
         for o in overrides
         if o.lstrip("+~").startswith(("model.", "dataset.", "train.", "finetune.", "criterion."))
         and not o.lstrip("+~").startswith(shown)
-        and not o.lstrip("+~").startswith("dataset.path")
+        and not o.lstrip("+~").startswith(
+            ("dataset.path", "dataset.test_path", "dataset.cache_dir")
+        )
     )
     if hashed:
         parts.append(hashlib.sha256("\n".join(hashed).encode()).hexdigest()[:6])
@@ -321,6 +323,7 @@ def run_job(
     is a child of that (sweep) run.
     """
     check_config(cfg)
+    forget_folders()  # a data folder is walked once per job (keys.folder_fingerprint)
     key = job_key(cfg)
     if skip_finished:
         done = record.find_finished(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, key)
