@@ -251,7 +251,7 @@ class _Analysis:
         self.sets: list[_Set] = []
         self.parent: list[int] = []
         self.tensors: dict[int, _Tensor] = {}
-        self.order: dict[str, int] = {}
+        self.order = {layer.name: i for i, layer in enumerate(model.layers)}  # graph order
         calls = list(_calls(model))
         counts: dict[str, int] = {}
         for layer, *_ in calls:
