@@ -143,7 +143,7 @@ def masked_copy(model, removed: dict[str, list[int]], groups: list[Group] | None
         for consumer in groups[index].consumers:
             layer = copy.get_layer(consumer.layer)
             kernel = _input_kernel(layer)
-            axis = -1 if type(layer).__name__ in TRANSPOSE else kernel.shape.rank - 2
+            axis = -1 if type(layer).__name__ in TRANSPOSE else len(kernel.shape) - 2
             values = kernel.numpy()
             index_ = [slice(None)] * values.ndim
             index_[axis] = consumer.rows(chosen)
@@ -212,6 +212,7 @@ def _calls(model):
     tf-keras: `model._nodes_by_depth`, `node.layer`, `node.keras_inputs`, `node.outputs`;
     Keras 3 names them `node.operation` and `node.input_tensors`.
     """
+    model = getattr(model, "_functional", None) or model  # a Keras 3 Sequential's graph
     if not getattr(model, "_is_graph_network", True) or not hasattr(model, "_nodes_by_depth"):
         raise ValueError(f"model '{model.name}' has no functional graph (build it from an Input)")
     for depth in sorted(model._nodes_by_depth, reverse=True):
@@ -338,8 +339,12 @@ class _Analysis:
             self.add_member(first, name)
             self.put(outputs[0], first)
         elif kind in MERGE:
+            full, broadcast = self.split_broadcast(ins)
+            for x in broadcast:  # one channel broadcast over all: not coupled, not prunable
+                for s in x.sets:
+                    self.find_set(s).reasons.append(f"{this} broadcasts it over the channels")
             merged = []
-            for column in zip(*[x.sets for x in ins], strict=True):
+            for column in zip(*[x.sets for x in full], strict=True):
                 root = column[0]
                 for other in column[1:]:
                     root = self.union(root, other, this)
@@ -372,6 +377,15 @@ class _Analysis:
             found.members.append(layer.name)
             found.consumers.append(consumer)
             offset += self.sets[s].channels
+
+    def split_broadcast(self, ins: list[_Tensor]) -> tuple[list[_Tensor], list[_Tensor]]:
+        """A merge's inputs: those with all the channels, and those of one channel that the
+        merge broadcasts over them (e.g. a spatial attention map)."""
+        widths = [sum(self.sets[s].channels for s in x.sets) for x in ins]
+        if max(widths) <= 1:
+            return ins, []
+        full = [x for x, w in zip(ins, widths, strict=True) if w != 1]
+        return full, [x for x, w in zip(ins, widths, strict=True) if w == 1]
 
     def opaque(self, this: str, why: str, ins: list[_Tensor], outputs) -> None:
         """A layer the analysis cannot follow: groups flowing in are unprunable, and what
@@ -419,7 +433,9 @@ class _Analysis:
         if getattr(layer, "groups", 1) != 1:
             return f"groups={layer.groups}"
         if kind in MERGE:
-            shapes = [tuple(self.sets[s].channels for s in x.sets) for x in ins]
+            shapes = [
+                tuple(self.sets[s].channels for s in x.sets) for x in self.split_broadcast(ins)[0]
+            ]
             if len(set(shapes)) != 1:
                 return "its inputs' channels do not line up"
         if kind == "Concatenate" and (

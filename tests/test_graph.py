@@ -172,6 +172,25 @@ def test_plain_cnn_groups_follow_bn_pooling_dropout_and_global_pooling():
     assert model_macs(plain_cnn()) == sum(g.macs for g in groups)
 
 
+def test_sequential_models_and_unbuilt_ones():
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((6, 6, 1)),
+            L.Conv2D(3, 3, name="c"),
+            L.Flatten(name="flat"),
+            L.Dense(4, activation="softmax", name="probs"),
+        ]
+    )
+    groups = pruning_groups(model)
+    assert [(g.producers, g.channels, g.prunable) for g in groups] == [
+        (("c",), 3, True),
+        (("probs",), 4, False),
+    ]
+    assert groups[0].consumers == (Consumer("probs", 0, positions=16, width=3),)
+    with pytest.raises(ValueError, match="has no functional graph"):
+        pruning_groups(tf.keras.Sequential([L.Dense(2)]))
+
+
 def test_identity_shortcut_couples_the_block_input_with_the_residual_conv():
     groups = by_producer(pruning_groups(residual_identity()))
     coupled = groups["a"]
@@ -251,6 +270,17 @@ def test_channel_preserving_reshape_and_scalar_tf_ops_are_followed():
     groups = by_producer(pruning_groups(tf.keras.Model(i, L.Flatten()(x))))
     assert groups["a"].producers == ("a", "se_expand") and groups["a"].prunable
     assert set(groups["a"].members) == {"a", "se_reduce", "se_expand", "b"}
+
+
+def test_a_one_channel_map_broadcast_by_multiply_couples_nothing():
+    i = tf.keras.Input((6, 6, 3), name="inp")
+    x = L.Conv2D(8, 3, name="a")(i)
+    attention = L.Conv2D(1, 1, activation="sigmoid", name="att")(x)
+    x = L.Conv2D(4, 1, name="b")(L.Multiply(name="gate")([x, attention]))
+    groups = by_producer(pruning_groups(tf.keras.Model(i, L.Flatten()(x))))
+    assert groups["a"].producers == ("a",) and groups["a"].prunable
+    assert set(groups["a"].members) == {"a", "att", "b"}
+    assert groups["att"].reason == "Multiply 'gate' broadcasts it over the channels"
 
 
 def test_a_residual_from_the_model_input_is_unprunable():
@@ -385,6 +415,23 @@ def test_separable_conv_by_hand():
     removed = {"a": [2], "s": [0, 4]}
     pruned = slice_into(model, separable(a=5, s=3), out=removed, into={"s": [2], "c": [0, 4]})
     assert equivalence_error(model, pruned, removed) < 1e-5
+
+
+@pytest.mark.slow
+def test_resnet50_pruned_by_kerassurgeon_in_every_group_equals_the_masked_copy():
+    """30% of every prunable group of ResNet50 (the stage groups couple up to 7 convs across
+    their shortcuts), removed in one kerassurgeon pass: the outputs match the masked copy."""
+    model = randomize(tf.keras.applications.ResNet50(input_shape=(32, 32, 3), weights=None))
+    groups = pruning_groups(model)
+    rng = np.random.default_rng(0)
+    removed = {}
+    for group in (g for g in groups if g.prunable):
+        chosen = rng.choice(group.channels, max(1, group.channels * 3 // 10), replace=False)
+        removed.update(group_removal(groups, group, chosen))
+    assert len(removed) == 53  # every conv
+    pruned = delete_units(model, removed)
+    assert pruned.count_params() < 0.6 * model.count_params()
+    assert equivalence_error(model, pruned, removed, samples=2) < 1e-5
 
 
 def test_masked_copy_refuses_unknown_producers_and_disagreeing_coupled_ones():
