@@ -43,7 +43,11 @@ GLOBAL_POOL = {
 }  # fmt: skip
 MERGE = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
 # Per-channel weights, channels pass: members of every group flowing through them.
-FOLLOW = {"BatchNormalization", "DepthwiseConv1D", "DepthwiseConv2D", "Normalization", "PReLU"}
+# ("DepthwiseConv": a Conv*D with groups == filters == input channels, as ConvNeXt writes it.)
+FOLLOW = {
+    "BatchNormalization", "DepthwiseConv1D", "DepthwiseConv2D", "DepthwiseConv", "Normalization",
+    "PReLU",
+}  # fmt: skip
 CONV = {"Conv1D", "Conv2D", "Conv3D"}
 TRANSPOSE = {"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"}
 SEPARABLE = {"SeparableConv1D", "SeparableConv2D"}
@@ -430,7 +434,7 @@ class _Analysis:
             return f"it normalises over axis {layer.axis}, not the channel axis"
         if kind in {"DepthwiseConv1D", "DepthwiseConv2D"} and layer.depth_multiplier != 1:
             return f"depth_multiplier={layer.depth_multiplier}"
-        if getattr(layer, "groups", 1) != 1:
+        if getattr(layer, "groups", 1) != 1 and kind != "DepthwiseConv":
             return f"groups={layer.groups}"
         if kind in MERGE:
             shapes = [
@@ -474,9 +478,13 @@ class _Analysis:
 
 
 def _rule(layer, node, inputs) -> str:
-    """The layer type whose rule applies: the class name, or for an element-wise TFOpLambda
-    with Python numbers as its other arguments, Activation (one tensor) or Add (several)."""
+    """The layer type whose rule applies: the class name; DepthwiseConv for a conv with one
+    group per channel; for an element-wise TFOpLambda with Python numbers as its other
+    arguments, Activation (one tensor) or Add (several)."""
     kind = type(layer).__name__
+    groups = getattr(layer, "groups", 1)
+    if kind in CONV and groups > 1 and groups == layer.filters == inputs[0].shape[-1]:
+        return "DepthwiseConv"
     if kind != "TFOpLambda" or getattr(layer, "symbol", None) not in ELEMENTWISE_OPS:
         return kind
     args = [*getattr(node, "call_args", ()), *getattr(node, "call_kwargs", {}).values()]

@@ -11,6 +11,7 @@ can be pruned or why not.
 
 from __future__ import annotations
 
+import re
 import sys
 
 from omegaconf import DictConfig
@@ -58,16 +59,40 @@ def groups_table(model, groups, total_macs: int | None = None) -> str:
             f"{g.index:>5}  {g.channels:>8}  {g.macs / total:>6.1%}  "
             f"{'yes' if g.prunable else 'no':<8}  {cell:<{MEMBERS_WIDTH}}  {g.reason}".rstrip()
         )
-    refused: dict[str, int] = {}
-    for g in groups:
-        if g.reason.startswith("flows into "):
-            layer = g.reason.removeprefix("flows into ").split(" which ")[0]
-            refused[layer] = refused.get(layer, 0) + 1
+    refused = refused_layers(groups)
     if refused:
-        named = ", ".join(f"{layer} ({n})" for layer, n in list(refused.items())[:10])
-        more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
-        lines.append(f"layers the analysis cannot follow (groups they stop): {named}{more}")
+        lines.append(
+            "layers the analysis cannot follow, which make the groups flowing in unprunable:"
+        )
+        for (kind, why), names in refused.items():
+            example = f"'{names[0]}'" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+            lines.append(f"  {kind} ({why}): {example}")
+    members = {name for g in groups for name in g.members}
+    outside: dict[str, list[str]] = {}
+    for layer in model.layers:
+        if layer.weights and layer.name not in members:
+            outside.setdefault(type(layer).__name__, []).append(layer.name)
+    if outside:
+        lines.append("layers with weights in no group (never pruned):")
+        for kind, names in outside.items():
+            more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+            lines.append(f"  {kind}: '{names[0]}'{more}")
     return "\n".join(lines)
+
+
+def refused_layers(groups) -> dict[tuple[str, str], list[str]]:
+    """(layer type, why) -> the names of the layers that stopped a group, from the reasons."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for g in groups:
+        hit = re.match(
+            r"flows into (\S+) '(.+)' which the analysis cannot follow \((.+)\)$", g.reason
+        )
+        if hit:
+            kind, name, why = hit.groups()
+            names = found.setdefault((kind, why), [])
+            if name not in names:
+                names.append(name)
+    return found
 
 
 def inspect_from_config(cfg: DictConfig) -> str:

@@ -1,6 +1,7 @@
 """Coupled channels (avlsi.graph) on small hand-built tf-keras graphs, the equivalence check
 against real kerassurgeon prunings and hand-sliced ones, and `task=inspect` on the CLI."""
 
+import os
 import subprocess
 import sys
 import time
@@ -281,6 +282,47 @@ def test_a_one_channel_map_broadcast_by_multiply_couples_nothing():
     assert groups["a"].producers == ("a",) and groups["a"].prunable
     assert set(groups["a"].members) == {"a", "att", "b"}
     assert groups["att"].reason == "Multiply 'gate' broadcasts it over the channels"
+
+
+def test_grouped_convs_refused_unless_one_group_per_channel():
+    i = tf.keras.Input((6, 6, 4), name="inp")
+    x = L.Conv2D(8, 1, name="a")(i)
+    x = L.Conv2D(8, 3, groups=8, padding="same", name="per_channel")(x)  # ConvNeXt-style
+    x = L.Conv2D(4, 1, name="b")(x)
+    x = L.Conv2D(4, 3, groups=2, name="grouped")(x)
+    groups = by_producer(pruning_groups(tf.keras.Model(i, L.Flatten()(x))))
+    assert groups["a"].members == ("a", "per_channel", "b") and groups["a"].prunable
+    assert groups["b"].reason == (
+        "flows into Conv2D 'grouped' which the analysis cannot follow (groups=2)"
+    )
+
+
+KERAS3 = """
+import keras
+from avlsi.graph import pruning_groups
+L = keras.layers
+i = keras.Input((8, 8, 3))
+x = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, name="a")(i)))
+x = L.Add()([x, L.Conv2D(8, 3, padding="same", name="b")(x)])
+x = L.Concatenate()([x, L.Conv2D(3, 1, name="c")(x)])
+x = L.Dense(2, name="out")(L.Flatten()(x))
+print([(g.producers, g.channels, g.prunable) for g in pruning_groups(keras.Model(i, x))])
+"""
+
+
+@pytest.mark.slow
+def test_the_analysis_runs_on_keras3_models_too():
+    """The graph walk uses only what tf-keras and Keras 3 share (a later port)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import keras; exec(" + repr(KERAS3) + ")"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == (
+        "[(('a', 'b'), 8, True), (('c',), 3, True), (('out',), 2, False)]"
+    )
 
 
 def test_a_residual_from_the_model_input_is_unprunable():
