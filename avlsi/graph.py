@@ -157,7 +157,8 @@ def masked_copy(model, removed: dict[str, list[int]], groups: list[Group] | None
 
 
 def equivalence_error(model, pruned, removed: dict[str, list[int]], samples=4, seed=0) -> float:
-    """Max over outputs of max |pruned - masked| / max |masked| on random normal inputs."""
+    """Max over outputs of max |pruned - masked| / max |masked| on random normal inputs,
+    compared before a final softmax (see `logits`); inf when the output shapes differ."""
     masked = masked_copy(model, removed)
     rng = np.random.default_rng(seed)
     inputs = [
@@ -165,15 +166,40 @@ def equivalence_error(model, pruned, removed: dict[str, list[int]], samples=4, s
         for t in model.inputs
     ]
     feed = inputs[0] if len(inputs) == 1 else inputs
-    want = [np.asarray(o) for o in _as_list(masked(feed, training=False))]
-    got = [np.asarray(o) for o in _as_list(pruned(feed, training=False))]
+    want, got = logits(masked, feed), logits(pruned, feed)
     if [w.shape for w in want] != [g.shape for g in got]:
         return math.inf
     worst = 0.0
     for w, g in zip(want, got, strict=True):
-        scale = max(float(np.max(np.abs(w))), 1e-12)
+        scale = max(float(np.max(np.abs(w))), 1e-30)
         worst = max(worst, float(np.max(np.abs(w - g))) / scale)
     return worst
+
+
+def logits(model, feed) -> list[np.ndarray]:
+    """The model's outputs on `feed`, taken before a final softmax: probabilities hide
+    differences (an untrained model's softmax is often uniform or saturated, so it equals
+    itself whatever comes in). A Softmax / Activation layer at the end is skipped; a final
+    Dense / Conv's softmax is switched off during the call."""
+    import tensorflow as tf
+
+    outputs, swapped = [], []
+    for tensor in model.outputs:
+        layer = tensor._keras_history[0]
+        kind = type(layer).__name__
+        if _mixes_channels(layer, kind, len(tensor.shape)) and len(layer._inbound_nodes) == 1:
+            outputs.append(layer.input)
+            continue
+        if _activation(layer) in MIXING_ACTIVATIONS:
+            swapped.append((layer, layer.activation))
+            layer.activation = tf.keras.activations.linear
+        outputs.append(tensor)
+    try:
+        probe = tf.keras.Model(model.inputs, outputs)
+        return [np.asarray(o) for o in _as_list(probe(feed, training=False))]
+    finally:
+        for layer, activation in swapped:
+            layer.activation = activation
 
 
 def layer_macs(layer, inputs, outputs) -> int:

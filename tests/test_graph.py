@@ -15,6 +15,7 @@ from avlsi.graph import (
     Consumer,
     equivalence_error,
     group_removal,
+    logits,
     masked_copy,
     model_macs,
     pruning_groups,
@@ -457,6 +458,45 @@ def test_separable_conv_by_hand():
     removed = {"a": [2], "s": [0, 4]}
     pruned = slice_into(model, separable(a=5, s=3), out=removed, into={"s": [2], "c": [0, 4]})
     assert equivalence_error(model, pruned, removed) < 1e-5
+
+
+APPS = [
+    "MobileNetV3Small",  # squeeze-excite, x + 3.0 (TFOpLambda), depthwise, Add
+    pytest.param("EfficientNetB0", marks=pytest.mark.slow),  # Reshape, Multiply, swish
+    pytest.param("DenseNet121", marks=pytest.mark.slow),  # 58 concatenations
+]
+
+
+@pytest.mark.parametrize("name", APPS)
+def test_removed_channels_reach_nothing_in_the_masked_copy(name):
+    """Whatever the producers write into the removed channels, the masked copy's output does
+    not change: every path those channels take to a consumer is cut (and the kept channels,
+    perturbed the same way, do change it: the check can fail)."""
+    model = getattr(tf.keras.applications, name)(input_shape=(32, 32, 3), weights=None, classes=10)
+    groups = pruning_groups(model)
+    rng = np.random.default_rng(0)
+    removed = {}
+    for group in (g for g in groups if g.prunable):
+        chosen = rng.choice(group.channels, max(1, group.channels * 3 // 10), replace=False)
+        removed.update(group_removal(groups, group, chosen))
+    masked = masked_copy(model, removed, groups)
+    x = rng.standard_normal((2, 32, 32, 3)).astype("float32")
+    before = logits(masked, x)[0]
+
+    def perturb(channels):
+        for name_, indices in channels.items():
+            layer = masked.get_layer(name_)
+            kernel = getattr(layer, "pointwise_kernel", None) or layer.kernel
+            values = kernel.numpy()
+            values[..., indices] = rng.normal(0, 0.3, values[..., indices].shape)
+            kernel.assign(values)
+
+    perturb(removed)
+    assert np.array_equal(logits(masked, x)[0], before)
+    first = next(g for g in groups if g.prunable)
+    kept = [c for c in range(first.channels) if c not in removed[first.producers[0]]]
+    perturb({p: kept for p in first.producers})
+    assert np.abs(logits(masked, x)[0] - before).max() > 1e-3 * np.abs(before).max()
 
 
 @pytest.mark.slow
