@@ -242,6 +242,28 @@ def test_flatten_maps_channel_c_to_rows_pos_times_channels_plus_c():
     assert group.consumers[0].rows([1]) == [1 + 4 * pos for pos in range(9)]
 
 
+def test_transpose_conv1d_and_dense_on_nd_inputs_are_producers_and_consumers():
+    i = tf.keras.Input((6, 6, 3), name="inp")
+    x = L.Conv2D(5, 3, padding="same", name="a")(i)
+    x = L.Conv2DTranspose(4, 3, strides=2, name="up")(L.UpSampling2D(name="ups")(x))
+    x = L.Dense(6, name="dense_nd")(L.Cropping2D(1, name="crop")(x))  # on (None, H, W, 4)
+    x = L.Reshape((-1, 6), name="seq")(x)  # the channel axis stays last: followed
+    x = L.Conv1D(3, 2, name="c1d")(x)
+    model = randomize(tf.keras.Model(i, L.GlobalMaxPooling1D(name="gmp")(x)))
+    groups = by_producer(pruning_groups(model))
+    assert [groups[n].members for n in ("a", "up", "dense_nd")] == [
+        ("a", "up"),
+        ("up", "dense_nd"),
+        ("dense_nd", "c1d"),
+    ]
+    assert all(groups[n].prunable for n in ("a", "up", "dense_nd"))
+    assert groups["c1d"].reason == "its units are the model's outputs ('gmp')"
+    masked = masked_copy(model, {"a": [2], "up": [1]})
+    assert not masked.get_layer("up").kernel.numpy()[..., 2].any()  # (kh, kw, out, in)
+    assert masked.get_layer("up").kernel.numpy()[..., 1, :].any()
+    assert not masked.get_layer("dense_nd").kernel.numpy()[1].any()
+
+
 def test_layers_it_cannot_follow_make_their_groups_unprunable_with_the_reason():
     i = tf.keras.Input((6, 6, 3), name="inp")
     x = L.Conv2D(4, 3, name="a")(i)
