@@ -54,6 +54,7 @@ class GroupReduce(StrEnum):
 class Task(StrEnum):
     job = "job"  # train / prune / fine-tune as the stage says, recorded in MLflow
     report = "report"  # write the report of mlflow.experiment instead (see avlsi/report.py)
+    inspect = "inspect"  # print the model's pruning groups, train nothing (avlsi/inspect.py)
 
 
 class Step(StrEnum):
