@@ -79,3 +79,45 @@ def relative_error(model, pruned, removed: dict[str, list[int]], samples=4, seed
     got = np.asarray(pruned(x, training=False))
     assert got.shape == expected.shape
     return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+def coupled_producers(model) -> list[list[str]]:
+    """Producers whose channels meet in an element-wise merge, grouped (union-find); the
+    groups whose channels reach a model output or a layer the walk does not know are left
+    out. Producers are the layers with a kernel of KERNEL_IN_AXIS (all but the depthwise)."""
+    group = {layer.name: layer.name for layer in model.layers if _producer(layer)}
+
+    def root(name):
+        while group[name] != name:
+            name = group[name]
+        return name
+
+    blocked = set()
+    outputs = {t._keras_history[0].name for t in model.outputs}
+    for name in list(group):
+        for layer in [model.get_layer(name), *_reached(model.get_layer(name))]:
+            if layer.name in outputs or type(layer).__name__ in ("Reshape", "Permute", "Lambda"):
+                blocked.add(name)
+            if type(layer).__name__ in ("Add", "Subtract", "Multiply", "Average", "Maximum"):
+                for other in group:
+                    if layer in _reached(model.get_layer(other)):
+                        group[root(other)] = root(name)
+    groups: dict[str, list[str]] = {}
+    for name in group:
+        groups.setdefault(root(name), []).append(name)
+    return [g for g in groups.values() if not blocked & set(g)]
+
+
+def _producer(layer) -> bool:
+    return type(layer).__name__ in KERNEL_IN_AXIS and getattr(layer, "groups", 1) == 1
+
+
+def _reached(layer) -> list:
+    """Layers that `layer`'s output channels pass through before a consumer takes them."""
+    seen = []
+    for node in layer.outbound_nodes:
+        after = node.outbound_layer
+        if type(after).__name__ in KERNEL_IN_AXIS or type(after).__name__ == "Flatten":
+            continue
+        seen += [after, *_reached(after)]
+    return seen

@@ -5,7 +5,7 @@ refuses with a SurgeryError naming the layer."""
 import numpy as np
 import pytest
 import tensorflow as tf
-from surgery_check import randomized, relative_error
+from surgery_check import coupled_producers, randomized, relative_error
 
 from avlsi.errors import UserError
 from avlsi.surgery import SurgeryError, delete_units
@@ -119,6 +119,14 @@ def conv3d():
     return tf.keras.Model(inp, L.Dense(3, name="logits")(L.Flatten()(x)))
 
 
+def dense_on_maps():
+    """Dense on 4-d inputs (a per-pixel layer), as producer and as consumer."""
+    inp = L.Input((6, 6, 3))
+    x = L.Dense(5, name="pixels", activation="relu")(conv(4, "first")(inp))
+    x = L.Dense(6, name="mix")(L.ThresholdedReLU(0.1)(x))
+    return tf.keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(x)))
+
+
 CASES = {
     "identity shortcut": (
         lambda: residual(False),
@@ -143,6 +151,7 @@ CASES = {
     "sequential": (sequential, {"c1": [2], "c2": [0, 4], "d1": [1, 2, 6]}),
     "conv1d + transpose": (conv1d, {"c1": [2, 3], "t1": [0]}),
     "conv3d": (conv3d, {"c1": [1, 5], "c2": [3]}),
+    "dense on feature maps": (dense_on_maps, {"first": [0, 2], "pixels": [4], "mix": [1]}),
 }
 
 
@@ -231,3 +240,24 @@ def test_unsupported_layer_is_a_surgery_error_naming_it():
     model = tf.keras.Model(inp, L.Dense(2)(L.Flatten()(x)))
     with pytest.raises(SurgeryError, match="LayerNormalization 'ln'"):
         delete_units(model, {"features": [1]})
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_every_coupled_group_in_one_pass():
+    """keras.applications MobileNetV2: 30% of every group (the project convs of each
+    residual chain together) removed at once; outputs equal the masked original."""
+    model = tf.keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
+    )
+    model = randomized(model)
+    groups = coupled_producers(model)
+    assert max(len(group) for group in groups) == 4  # block_6 .. block_9 project convs
+    rng = np.random.default_rng(0)
+    removed = {}
+    for group in groups:
+        width = model.get_layer(group[0]).output_shape[-1]
+        channels = sorted(rng.choice(width, size=max(1, width * 3 // 10), replace=False))
+        removed.update({name: [int(c) for c in channels] for name in group})
+    pruned = delete_units(model, removed)
+    assert relative_error(model, pruned, removed) <= TOLERANCE
+    assert pruned.count_params() < 0.6 * model.count_params()
