@@ -83,6 +83,8 @@ _SEPARABLE = {"SeparableConv1D", "SeparableConv2D"}
 _DEPTHWISE = {"DepthwiseConv1D", "DepthwiseConv2D"}
 # Layers `delete_units` removes output units from.
 PRODUCERS = _CONVS | _TRANSPOSED | _SEPARABLE | {"Dense"}
+# Single-input layers cut by AVLSI's rules below; other layers keep kerassurgeon's.
+_OWN_RULES = PRODUCERS | _CHANNELWISE | _DEPTHWISE | {"PReLU", "BatchNormalization"}
 
 
 def _kind(layer) -> str:
@@ -142,8 +144,8 @@ class _Surgeon(Surgeon):
             return layer, None
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             raise SurgeryError(f"{_kind(layer)} is channels_first, which AVLSI cannot prune")
-        input_shapes = node.input_shapes
-        if not isinstance(input_shapes, list):
+        input_shapes = node.input_shapes  # one shape, or one per input of a merge
+        if not isinstance(input_shapes[0], list | tuple):
             input_shapes = [input_shapes]
         masks = [
             np.ones(_known(shape), bool)
@@ -151,6 +153,8 @@ class _Surgeon(Surgeon):
             else np.broadcast_to(mask, _known(shape)).copy()
             for mask, shape in zip(inbound_masks, input_shapes, strict=True)
         ]
+        if all(mask.all() for mask in masks):
+            return layer, None
         output_shape = _known(utils.single_element(node.output_shapes))
         name = type(layer).__name__
         if name in _MERGES:
@@ -161,15 +165,9 @@ class _Surgeon(Surgeon):
         (mask,) = masks
         if name == "Flatten":
             return layer, mask.reshape(-1)
-        if name not in _CHANNELWISE | _CONVS | _TRANSPOSED | _SEPARABLE | _DEPTHWISE | {
-            "Dense",
-            "PReLU",
-            "BatchNormalization",
-        }:
+        if name not in _OWN_RULES:
             return super()._apply_delete_mask(node, masks)  # kerassurgeon's rule
         keep = self._channels(layer, mask)
-        if keep.all():
-            return layer, None if name not in _CHANNELWISE else mask
         if len(layer.inbound_nodes) > 1 and layer.weights:
             raise SurgeryError(
                 f"{_kind(layer)} is shared by {len(layer.inbound_nodes)} calls: "

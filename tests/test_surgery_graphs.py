@@ -127,6 +127,15 @@ def dense_on_maps():
     return tf.keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(x)))
 
 
+def any_size():
+    """Unknown height and width; a shortcut both added and concatenated."""
+    inp = L.Input((None, None, 3))
+    x = L.ReLU()(L.BatchNormalization()(conv(6, "stem")(inp)))
+    y = conv(6, "res", kernel=1)(L.DepthwiseConv2D(3, padding="same")(x))
+    x = conv(4, "after")(L.Concatenate()([L.Add()([x, y]), x]))
+    return tf.keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(x)))
+
+
 CASES = {
     "identity shortcut": (
         lambda: residual(False),
@@ -151,6 +160,7 @@ CASES = {
     "sequential": (sequential, {"c1": [2], "c2": [0, 4], "d1": [1, 2, 6]}),
     "conv1d + transpose": (conv1d, {"c1": [2, 3], "t1": [0]}),
     "conv3d": (conv3d, {"c1": [1, 5], "c2": [3]}),
+    "unknown spatial size": (any_size, {"stem": [1, 3], "res": [1, 3]}),
     "dense on feature maps": (dense_on_maps, {"first": [0, 2], "pixels": [4], "mix": [1]}),
 }
 
