@@ -77,6 +77,13 @@ _CHANNELWISE = {
     "Cropping1D", "Cropping2D", "Cropping3D",
 }  # fmt: skip
 _MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
+# TensorFlow ops in a functional graph (TFOpLambda `symbol`) that act element by element.
+ELEMENTWISE_OPS = {
+    "__operators__.add", "math.add", "math.subtract", "math.multiply", "math.truediv",
+    "math.divide", "math.negative", "math.maximum", "math.minimum", "math.abs",
+    "math.square", "math.sqrt", "math.exp", "math.sigmoid", "math.tanh", "nn.relu",
+    "nn.relu6", "nn.silu", "nn.swish", "nn.gelu", "nn.elu", "nn.leaky_relu",
+}  # fmt: skip
 _CONVS = {"Conv1D", "Conv2D", "Conv3D"}
 _TRANSPOSED = {"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"}
 _SEPARABLE = {"SeparableConv1D", "SeparableConv2D"}
@@ -100,11 +107,46 @@ def _removed(keep: np.ndarray) -> list[int]:
     return [int(i) for i in np.flatnonzero(~keep)]
 
 
+class _CalledAs:
+    """Calls a layer the way `node` called the original: kerassurgeon passes only the input
+    tensors, which loses constants and keyword arguments (`x + 3.0` as TFOpLambda,
+    `training=False`, a tensor given by keyword)."""
+
+    def __init__(self, node, layer):
+        self.node, self.layer = node, layer
+
+    def __call__(self, inputs):
+        node = self.node
+        if node._single_positional_tensor_passed:
+            return self.layer(inputs)
+        tensors = iter(inputs if len(node.keras_inputs) > 1 else [inputs])
+        flat = list(node._flat_arguments)
+        for _, index in node._keras_inputs_ids_and_indices:
+            flat[index] = next(tensors)
+        args, kwargs = tf.nest.pack_sequence_as(
+            (node.call_args, list(node.call_kwargs.values())), flat
+        )
+        return self.layer(*args, **dict(zip(node.call_kwargs, kwargs, strict=True)))
+
+
+def _copy(model):
+    """A copy of `model` with its own layers and weights. kerassurgeon's `clean_copy` goes
+    through `Model.from_config`, which cannot rebuild layers outside Keras' registry (e.g.
+    ConvNeXt's LayerScale); `clone_model` builds each layer from its own class."""
+    try:
+        clone = tf.keras.models.clone_model(model)
+    except Exception as exc:  # a layer whose config does not rebuild it
+        raise SurgeryError(f"cannot copy model '{model.name}' layer by layer: {exc}") from exc
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 class _Surgeon(Surgeon):
     """kerassurgeon's Surgeon with AVLSI's per-layer rules (see the module docstring)."""
 
-    def __init__(self, model, copy=None):
-        super().__init__(model, copy=copy)
+    def __init__(self, model):
+        super().__init__(_copy(model))
+        self._copy = True  # jobs name layers of `model`: find them in the copy
         self.at = None  # the layer being worked on, named when something fails
         self.producers: set[str] = set()
 
@@ -125,11 +167,11 @@ class _Surgeon(Surgeon):
             layer = node.outbound_layer
             if mask is not None and not mask.all() and layer.name not in self.producers:
                 raise SurgeryError(
-                    f"the removed units reach the model output {_kind(layer)}: "
-                    "prune the layers whose units are the model's outputs never"
+                    f"the removed units reach the model output {_kind(layer)}: the "
+                    "model's outputs would change; leave the units that reach them alone"
                 )
         new_model = tf.keras.Model(self.model.inputs, new_outputs, name=self.model.name)
-        return utils.clean_copy(new_model) if self._copy else new_model
+        return _copy(new_model)
 
     def _make_delete_mask(self, layer, channel_indices):
         keep = np.ones(_known(layer.output_shape), dtype=bool)
@@ -138,15 +180,21 @@ class _Surgeon(Surgeon):
 
     # -- consumers and pass-through layers ----------------------------------------------
     def _apply_delete_mask(self, node, inbound_masks):
+        """The layer to call in place of `node`'s (called as `node` called it) and its
+        output mask."""
+        layer, mask = self._rule(node, inbound_masks)
+        return _CalledAs(node, layer), mask
+
+    def _rule(self, node, inbound_masks):
+        """The layer with the weights of cut input channels removed, and its output mask."""
         layer = node.outbound_layer
         self.at = layer
         if all(mask is None for mask in inbound_masks):
             return layer, None
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             raise SurgeryError(f"{_kind(layer)} is channels_first, which AVLSI cannot prune")
-        input_shapes = node.input_shapes  # one shape, or one per input of a merge
-        if not isinstance(input_shapes[0], list | tuple):
-            input_shapes = [input_shapes]
+        # one mask per tensor input, in the order of kerassurgeon's parent nodes
+        input_shapes = [tuple(t.shape) for t in node.keras_inputs]
         masks = [
             np.ones(_known(shape), bool)
             if mask is None
@@ -159,6 +207,9 @@ class _Surgeon(Surgeon):
         name = type(layer).__name__
         if name in _MERGES:
             return layer, self._merged(node, masks, output_shape)
+        if name == "TFOpLambda" and layer.symbol in ELEMENTWISE_OPS:  # `x + 3.0`, `x * y`
+            self._check_constants(node)
+            return layer, self._merged(node, masks, output_shape)
         if name == "Concatenate":
             axis = layer.axis % len(input_shapes[0])
             return layer, np.concatenate(masks, axis=axis - 1)
@@ -166,7 +217,12 @@ class _Surgeon(Surgeon):
         if name == "Flatten":
             return layer, mask.reshape(-1)
         if name not in _OWN_RULES:
-            return super()._apply_delete_mask(node, masks)  # kerassurgeon's rule
+            try:
+                return super()._apply_delete_mask(node, masks)  # kerassurgeon's rule
+            except ValueError as exc:
+                raise SurgeryError(
+                    f"the cut channels reach {_kind(layer)}, which AVLSI cannot cut ({exc})"
+                ) from exc
         keep = self._channels(layer, mask)
         if len(layer.inbound_nodes) > 1 and layer.weights:
             raise SurgeryError(
@@ -193,10 +249,12 @@ class _Surgeon(Surgeon):
         return rows[0]
 
     def _merged(self, node, masks, output_shape):
+        """Element-wise inputs must lose the same channels (one-channel inputs broadcast)."""
         layer = node.outbound_layer
         keeps = [self._channels(layer, mask) for mask in masks]
-        if any(not np.array_equal(keeps[0], keep) for keep in keeps[1:]):
-            inputs = node_utils.inbound_layers(node)
+        wide = [keep for keep in keeps if len(keep) > 1 or not keep.all()]
+        if any(not np.array_equal(wide[0], keep) for keep in wide[1:]):
+            inputs = [t._keras_history.layer for t in node.keras_inputs]
             lost = ", ".join(
                 f"'{inp.name}' loses {_removed(keep)}"
                 for inp, keep in zip(inputs, keeps, strict=True)
@@ -205,7 +263,20 @@ class _Surgeon(Surgeon):
                 f"inputs of {_kind(layer)} lose different channels: {lost}; "
                 "prune every input of a merge with the same indices"
             )
-        return np.broadcast_to(keeps[0], output_shape).copy()
+        return np.broadcast_to(wide[0], output_shape).copy()
+
+    @staticmethod
+    def _check_constants(node):
+        """An element-wise TF op may take scalar constants only (a per-channel one would
+        need cutting too)."""
+        for arg in (*node.call_args, *node.call_kwargs.values()):
+            if tf.is_tensor(arg) or arg is None or isinstance(arg, str | bool):
+                continue
+            if np.ndim(arg) != 0:
+                raise SurgeryError(
+                    f"{_kind(node.outbound_layer)} takes a constant of shape "
+                    f"{np.shape(arg)}: AVLSI cannot cut the channels that reach it"
+                )
 
     @staticmethod
     def _check_softmax(layer, keep):
@@ -281,9 +352,16 @@ class _Surgeon(Surgeon):
 
     # -- producers ----------------------------------------------------------------------
     def _delete_channels(self, node, inputs, input_masks, channels=None, layer_name=None):
-        self.at = node.outbound_layer
-        self.producers.add(node.outbound_layer.name)
-        return super()._delete_channels(node, inputs, input_masks, channels, layer_name)
+        """kerassurgeon's `_delete_channels` for a producer: cut its inputs, then its units."""
+        layer = node.outbound_layer
+        self.at = layer
+        self.producers.add(layer.name)
+        cut, _ = self._rule(node, input_masks)
+        _CalledAs(node, cut)(inputs)  # builds `cut`, so that its weights can be read
+        new_layer = self._delete_channel_weights(cut, channels)
+        output = _CalledAs(node, new_layer)(inputs)
+        mask = self._make_delete_mask(layer, channels)
+        self._replace_tensors[utils.single_element(node.output_tensors)] = (output, mask)
 
     def _delete_channel_weights(self, layer, channel_indices):
         name = type(layer).__name__
@@ -320,6 +398,8 @@ def _checked_jobs(model, units: dict[str, list[int]]) -> dict[str, list[int]]:
             )
         if getattr(layer, "groups", 1) != 1:
             raise SurgeryError(f"{_kind(layer)} is a grouped conv: AVLSI cannot prune it")
+        if len(utils.find_nodes_in_model(model, layer)) > 1:
+            raise SurgeryError(f"{_kind(layer)} is called more than once: AVLSI cannot prune it")
         count = layer.units if kind == "Dense" else layer.filters
         channels = sorted(set(map(int, idx)))
         if channels[0] < 0 or channels[-1] >= count:
@@ -341,7 +421,7 @@ def delete_units(model, units: dict[str, list[int]]):
     jobs = _checked_jobs(model, units)
     if not jobs:
         return model
-    surgeon = _Surgeon(model, copy=True)
+    surgeon = _Surgeon(model)
     printed = io.StringIO()
     try:
         for name, channels in jobs.items():

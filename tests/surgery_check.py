@@ -117,7 +117,7 @@ def _reached(layer) -> list:
     seen = []
     for node in layer.outbound_nodes:
         after = node.outbound_layer
-        if type(after).__name__ in KERNEL_IN_AXIS or type(after).__name__ == "Flatten":
+        if type(after).__name__ in KERNEL_IN_AXIS:
             continue
         seen += [after, *_reached(after)]
     return seen

@@ -136,6 +136,16 @@ def any_size():
     return tf.keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(x)))
 
 
+def tf_ops():
+    """Element-wise TensorFlow ops in the graph (TFOpLambda) and a call with a keyword."""
+    inp = L.Input((6, 6, 3))
+    x = conv(6, "a")(inp)
+    gate = tf.nn.relu6(conv(6, "b")(inp) + 3.0) * (1.0 / 6.0)  # hard sigmoid
+    x = L.BatchNormalization(name="bn")(x * gate, training=False)
+    x = conv(4, "after")(tf.nn.silu(x))
+    return tf.keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(x)))
+
+
 CASES = {
     "identity shortcut": (
         lambda: residual(False),
@@ -160,6 +170,7 @@ CASES = {
     "sequential": (sequential, {"c1": [2], "c2": [0, 4], "d1": [1, 2, 6]}),
     "conv1d + transpose": (conv1d, {"c1": [2, 3], "t1": [0]}),
     "conv3d": (conv3d, {"c1": [1, 5], "c2": [3]}),
+    "tf ops + keyword call": (tf_ops, {"a": [0, 5], "b": [0, 5]}),
     "unknown spatial size": (any_size, {"stem": [1, 3], "res": [1, 3]}),
     "dense on feature maps": (dense_on_maps, {"first": [0, 2], "pixels": [4], "mix": [1]}),
 }
@@ -207,6 +218,19 @@ def test_one_add_input_pruned_alone_is_refused():
         delete_units(residual(True), {"proj": [0]})
 
 
+def shared():
+    inp = L.Input((6, 6, 4))
+    twice = conv(4, "twice")
+    x = twice(twice(inp))
+    return tf.keras.Model(inp, L.Dense(3)(L.GlobalAveragePooling2D()(x)))
+
+
+def per_channel_constant():
+    inp = L.Input((6, 6, 3))
+    x = conv(4, "a")(inp) * np.arange(4, dtype=np.float32)
+    return tf.keras.Model(inp, L.Dense(3)(L.GlobalAveragePooling2D()(conv(2, "b")(x))))
+
+
 REFUSALS = {
     "depth multiplier": (
         lambda: mobilenet_block(2),
@@ -215,6 +239,12 @@ REFUSALS = {
     ),
     "depthwise producer": (mobilenet_block, {"dw": [0]}, "DepthwiseConv2D 'dw' has no output"),
     "every unit": (sequential, {"d1": list(range(7))}, "removing all 7 units of Dense 'd1'"),
+    "shared producer": (shared, {"twice": [1]}, "Conv2D 'twice' is called more than once"),
+    "per-channel constant": (
+        per_channel_constant,
+        {"a": [1]},
+        "TFOpLambda 'tf.math.multiply\\w*' takes a constant of shape \\(4,\\)",
+    ),
     "unknown layer": (sequential, {"c9": [0]}, "no layer named 'c9'"),
     "out of range": (sequential, {"c1": [6]}, "Conv2D 'c1' has units 0..5"),
 }
