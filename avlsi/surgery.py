@@ -15,6 +15,9 @@ the parts that are wrong or missing on real Keras graphs:
   Reshape, RNNs, ...) keep kerassurgeon's rule.
 - Producers (`_delete_channel_weights`): SeparableConv loses pointwise filters only and
   ConvTranspose its kernel's axis -2 (kerassurgeon cut axis -1 of every weight).
+- Every rebuilt layer is called as its node called it (`_CalledAs`: constants of TF ops,
+  keyword arguments), element-wise TF ops (TFOpLambda) pass the mask like merges, and the
+  model is copied with `clone_model` (custom layers survive; `Model.from_config` loses them).
 - Removed channels may not reach a model output unless that output layer was asked for.
 Anything kerassurgeon or the adapter cannot do surfaces as `SurgeryError` naming the layer.
 """
