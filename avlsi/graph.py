@@ -112,8 +112,8 @@ def pruning_groups(model) -> list[Group]:
 def group_removal(groups: list[Group], group: Group | int, indices) -> dict[str, list[int]]:
     """`{producer: indices}` removing `indices` from every producer of one group."""
     found = groups[group] if isinstance(group, int) else group
-    kept = sorted({int(i) for i in indices})
-    return {name: list(kept) for name in found.producers}
+    chosen = sorted({int(i) for i in indices})
+    return {name: list(chosen) for name in found.producers}
 
 
 def masked_copy(model, removed: dict[str, list[int]], groups: list[Group] | None = None):
@@ -128,6 +128,7 @@ def masked_copy(model, removed: dict[str, list[int]], groups: list[Group] | None
 
     groups = pruning_groups(model) if groups is None else groups
     by_producer = {name: g for g in groups for name in g.producers}
+    by_index = {g.index: g for g in groups}
     channels: dict[int, tuple[str, list[int]]] = {}
     for name, indices in removed.items():
         if name not in by_producer:
@@ -144,7 +145,7 @@ def masked_copy(model, removed: dict[str, list[int]], groups: list[Group] | None
     for index, (_, chosen) in channels.items():
         if not chosen:
             continue
-        for consumer in groups[index].consumers:
+        for consumer in by_index[index].consumers:
             layer = copy.get_layer(consumer.layer)
             kernel = _input_kernel(layer)
             axis = -1 if type(layer).__name__ in TRANSPOSE else len(kernel.shape) - 2
