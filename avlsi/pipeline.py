@@ -30,7 +30,7 @@ from avlsi.keys import (
     pruned_key,
 )
 from avlsi.metrics import relative_metrics, size_metrics
-from avlsi.models import build_model
+from avlsi.models import build_model, check_buildable
 from avlsi.select import check_something_goes, prunable_layers, select_units
 from avlsi.store import ModelStore
 
@@ -140,7 +140,10 @@ class Job:
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
             self.check_prunable(model)  # a bad layer name fails before any training
             mlflow.set_tag("baseline.source", "trained")
-            heading(f"training the baseline {cfg.model.name} ({_epochs(cfg.train.epochs)})")
+            if cfg.train.epochs > 0:
+                heading(f"training the baseline {cfg.model.name} ({_epochs(cfg.train.epochs)})")
+            else:
+                heading(f"measuring the baseline {cfg.model.name} (train.epochs=0: not trained)")
             self.fit_and_record(model, "train", "baseline")
             self.store.put(BASELINES, key, model, {"metrics": self.metrics})
             return model
@@ -280,7 +283,7 @@ def run_name(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> 
         for o in overrides
         if o.lstrip("+~").startswith(("model.", "dataset.", "train.", "finetune.", "criterion."))
         and not o.lstrip("+~").startswith(shown)
-        and not o.lstrip("+~").startswith("dataset.path")
+        and not o.lstrip("+~").startswith(("dataset.path", "model.path", "model.weights"))
     )
     if hashed:
         parts.append(hashlib.sha256("\n".join(hashed).encode()).hexdigest()[:6])
@@ -314,6 +317,8 @@ def run_job(
             return dict(done.data.metrics)
     store = ModelStore(cfg.store.dir)
     check_prerequisites(cfg, store)
+    if "train" in steps_of(cfg):
+        check_buildable(cfg.model)  # a builder or application that does not exist: no run
     train.seed_everything(cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     scope = cfg.criterion.scope.value

@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import numpy as np
 
 from avlsi.errors import UserError
-from avlsi.models import OUTPUT_LAYER
+from avlsi.models import output_layers
 
 PRUNABLE_TYPES = ("Conv2D", "Dense")
 
@@ -40,7 +40,8 @@ def candidate_layers(model, scope: str) -> list:
     """Conv2D / Dense layers that `layerwise` / `global` may prune."""
     found = [layer for layer in model.layers if type(layer).__name__ in PRUNABLE_TYPES]
     first_conv = next((lyr for lyr in found if type(lyr).__name__ == "Conv2D"), None)
-    return [lyr for lyr in found if lyr is not first_conv and lyr.name != OUTPUT_LAYER]
+    outputs = output_layers(model)
+    return [lyr for lyr in found if lyr is not first_conv and lyr not in outputs]
 
 
 def accepted_layer_types(criterion) -> list[str]:
@@ -67,8 +68,9 @@ def prunable_layers(model, criterion) -> list:
                 f"layer to prune in model={model.name}"
             )
         return layers
+    outputs = output_layers(model)
     names = [lyr.name for lyr in model.layers if type(lyr).__name__ in PRUNABLE_TYPES]
-    names = [name for name in names if name != OUTPUT_LAYER]
+    names = [name for name in names if name not in {lyr.name for lyr in outputs}]
     if not criterion.layer:
         raise UserError(
             f"criterion.scope=layer needs criterion.layer=NAME; model={model.name} has: "
@@ -82,7 +84,7 @@ def prunable_layers(model, criterion) -> list:
             f"{', '.join(names)}"
         ) from None
     kind = type(layer).__name__
-    if layer.name == OUTPUT_LAYER:
+    if layer in outputs:
         raise UserError(
             f"the output layer cannot be pruned (its units are the classes); choose one of: "
             f"{', '.join(names)}"
