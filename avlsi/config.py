@@ -443,7 +443,7 @@ def unknown_keys(node: DictConfig, prefix: str = "", missing: bool = False) -> l
         return []  # a free-form dict (criterion.layer_types): any key goes
     known = [f.name for f in dataclasses.fields(schema)]
     if missing:
-        found = [f"{prefix}{key}" for key in known if key not in node]
+        found = [f"{prefix}{key}" for key in known if key not in node.keys()]  # ??? is there
     else:
         found = [f"{prefix}{key}" for key in node if key not in known]
     for key in node:

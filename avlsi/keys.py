@@ -148,10 +148,10 @@ def builder_fingerprint(target: str) -> str:
     when it cannot be found: the job then stops on that before anything is built)."""
     import inspect
 
-    from hydra.utils import get_method
+    from hydra._internal.utils import _locate  # hydra.utils.get_method would log a failure
 
     try:
-        source = inspect.getsourcefile(get_method(target))
+        source = inspect.getsourcefile(_locate(target))
     except Exception:  # not importable, or a builtin: reported by avlsi.models.resolve_builder
         return "unknown"
     return file_fingerprint(Path(source))[:16] if source else "unknown"

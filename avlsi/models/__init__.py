@@ -94,16 +94,24 @@ def check_model_config(cfg: DictConfig) -> None:
 
 def resolve_builder(cfg: DictConfig):
     """The function `model._target_` names; a UserError naming it if it cannot be found."""
-    from hydra.utils import get_method
+    from hydra._internal.utils import _locate  # get_method's own lookup, without its log line
 
+    target = str(cfg._target_)
     try:
-        return get_method(cfg._target_)
-    except Exception as err:  # hydra wraps the import's own error; its first line says why
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        found = _locate(target)
+    except Exception as err:  # an import error, from the path or from inside the module
+        cause = err.__cause__ or err
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         raise UserError(
-            f"model._target_={clip(cfg._target_)} cannot be found ({reason}); pass "
-            "pkg.module.function importable from the current folder or PYTHONPATH"
+            f"model._target_={clip(target)} cannot be found ({type(cause).__name__}: "
+            f"{reason}); pass pkg.module.function, importable from the current folder or "
+            "PYTHONPATH"
         ) from None
+    if not callable(found):
+        raise UserError(
+            f"model._target_={clip(target)} is a {type(found).__name__}, not a function"
+        )
+    return found
 
 
 def check_buildable(cfg: DictConfig) -> None:

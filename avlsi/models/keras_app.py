@@ -70,9 +70,13 @@ def build(input_shape: tuple[int, ...], num_classes: int, cfg):
     accepted = inspect.signature(build_fn).parameters
     if "include_preprocessing" in accepted:
         kwargs.setdefault("include_preprocessing", False)
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
-        takes = ", ".join(k for k in accepted if k not in SUPPLIED)
+    unknown = [
+        k for k in kwargs if k not in accepted or accepted[k].kind == accepted[k].VAR_KEYWORD
+    ]
+    if unknown:  # (their **kwargs are for Keras' own use)
+        takes = ", ".join(
+            k for k, p in accepted.items() if k not in SUPPLIED and p.kind != p.VAR_KEYWORD
+        )
         raise UserError(f"{name} takes no argument model.kwargs.{unknown[0]}; it takes: {takes}")
     weights = None if cfg.weights is None else str(cfg.weights)
     try:
