@@ -14,9 +14,11 @@ from conftest import TINY, assert_one_line_error
 
 
 def job(*overrides: str) -> list[str]:
-    """TINY's data and training settings (not its stack sizes), then `overrides`, each key
-    given once."""
+    """TINY's data and training settings (not its stack sizes; for model=file not its
+    train.epochs), then `overrides`, each key given once."""
     chosen = {o.split("=")[0]: o for o in TINY if not o.startswith("model.")}
+    if "model=file" in overrides:
+        del chosen["train.epochs"]  # its own default: 0, the file is the baseline
     chosen.update({o.split("=")[0]: o for o in overrides})
     return list(chosen.values())
 
