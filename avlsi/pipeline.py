@@ -30,7 +30,7 @@ from avlsi.keys import (
     pruned_key,
 )
 from avlsi.metrics import relative_metrics, size_metrics
-from avlsi.models import build_model, check_buildable
+from avlsi.models import build_model
 from avlsi.select import check_something_goes, prunable_layers, select_units
 from avlsi.store import ModelStore
 
@@ -318,6 +318,8 @@ def run_job(
     store = ModelStore(cfg.store.dir)
     check_prerequisites(cfg, store)
     if "train" in steps_of(cfg):
+        from avlsi.models import check_buildable
+
         check_buildable(cfg.model)  # a builder or application that does not exist: no run
     train.seed_everything(cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)

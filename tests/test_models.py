@@ -12,7 +12,6 @@ from avlsi import train
 from avlsi.config import TrainConfig
 from avlsi.criteria import ScoringContext, sample_means, spatial_sum, unit_output_layer
 from avlsi.models import ends_in_softmax, output_layers
-from avlsi.select import candidate_layers
 
 layers = tf.keras.layers
 
@@ -60,15 +59,6 @@ def test_output_layers_follow_every_branch_of_a_merge():
     model = tf.keras.Model(inputs, layers.Softmax()(merged))
     found = output_layers(model)
     assert {id(lyr) for lyr in found} == {id(first), id(second), id(third)}  # not hidden
-
-
-def test_a_nameless_sequential_keeps_its_output_layer_out_of_pruning():
-    """The issue's bug: layerwise pruning cut a user's output layer (found by name)."""
-    model = nameless_sequential([layers.Dense(5)])
-    candidates = candidate_layers(model, "layerwise")
-    last_dense = [lyr for lyr in model.layers if isinstance(lyr, layers.Dense)][-1]
-    assert last_dense not in candidates
-    assert [type(lyr).__name__ for lyr in candidates] == ["Conv2D", "Dense"]
 
 
 def test_unit_output_layer_follows_the_graph():
