@@ -443,7 +443,8 @@ def unknown_keys(node: DictConfig, prefix: str = "", missing: bool = False) -> l
         return []  # a free-form dict (criterion.layer_types): any key goes
     known = [f.name for f in dataclasses.fields(schema)]
     if missing:
-        found = [f"{prefix}{key}" for key in known if key not in node.keys()]  # ??? is there
+        present = set(node.keys())  # `key in node` is False for a ??? value, which is there
+        found = [f"{prefix}{key}" for key in known if key not in present]
     else:
         found = [f"{prefix}{key}" for key in node if key not in known]
     for key in node:
