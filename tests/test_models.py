@@ -131,3 +131,23 @@ def test_optimizer_settings_reach_the_compiled_model():
     train.compile_model(softmax)  # evaluation's default: Adam, probabilities
     assert isinstance(softmax.optimizer, tf.keras.optimizers.Adam)
     assert softmax.loss.get_config()["from_logits"] is False
+
+
+def test_saved_files_load_in_safe_mode_in_every_format(tmp_path):
+    """.keras, .h5 and SavedModel load; a Python lambda is refused in .h5 too (where
+    tf-keras' own safe_mode does not reach)."""
+    from avlsi.errors import UserError
+    from avlsi.models.file import load
+
+    model = nameless_sequential([layers.Dense(5)])
+    for name in ("model.keras", "model.h5", "saved_model"):
+        model.save(tmp_path / name)
+        loaded = load((8, 8, 1), 5, OmegaConf.create({"path": str(tmp_path / name)}))
+        x = np.ones((2, 8, 8, 1), np.float32)
+        np.testing.assert_allclose(loaded(x), model(x), rtol=1e-5, atol=1e-6)
+    inputs = tf.keras.Input((4,))
+    risky = tf.keras.Model(inputs, layers.Lambda(lambda t: t * 2)(layers.Dense(3)(inputs)))
+    for name in ("lambda.keras", "lambda.h5"):
+        risky.save(tmp_path / name)
+        with pytest.raises(UserError, match="lambda"):
+            load((4,), 3, OmegaConf.create({"path": str(tmp_path / name)}))
