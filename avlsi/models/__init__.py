@@ -169,6 +169,11 @@ def check_classifier(model, input_shape: tuple[int, ...], num_classes: int, what
         raise UserError(f"{what} returned {type(model).__name__}, not a tf.keras Model")
     if not model.built:
         model.build((None, *input_shape))
+    if not getattr(model, "_is_graph_network", False):
+        raise UserError(
+            f"{what} returned a subclassed {type(model).__name__}; AVLSI reads the model's graph "
+            "to prune it: build it with the functional API or tf.keras.Sequential"
+        )
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UserError(
             f"{what} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; AVLSI "
