@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -75,6 +75,30 @@ class ModelConfig:
     pool_every: int = 2  # a 2x2 max-pool after every `pool_every` conv layers (0: never)
     batch_norm: bool = False
     dropout: float = 0.0
+
+
+@dataclass
+class FileModelConfig:
+    """A saved tf-keras model (`.keras`, `.h5`, SavedModel folder): it is the baseline."""
+
+    _target_: str = "avlsi.models.file.load"
+    name: str = "file"
+    path: str | None = None  # required; its content (not its place) is in the keys
+
+
+@dataclass
+class KerasAppConfig:
+    """Any `tf.keras.applications` constructor, built for the dataset's shape and classes."""
+
+    _target_: str = "avlsi.models.keras_app.build"
+    name: str = MISSING  # the constructor, e.g. MobileNetV2
+    weights: str | None = None  # a local weights file; default: random initial weights
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more arguments, e.g. alpha: 0.35
+
+
+# model=builder: an open node (any key), passed to `_target_` as keyword arguments.
+BUILDER_MODEL = {"_target_": MISSING, "name": "builder"}
+MODEL_SCHEMAS = (ModelConfig, FileModelConfig, KerasAppConfig)
 
 
 @dataclass
@@ -182,11 +206,28 @@ class StageConfig:
     steps: list[Step] = field(default_factory=list)
 
 
+class Optimizer(StrEnum):
+    adam = "adam"
+    sgd = "sgd"  # with `momentum`
+    adamw = "adamw"  # Adam with decoupled weight decay (Loshchilov & Hutter 2019)
+
+
+class LrSchedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"  # from learning_rate down to 0 over the phase's steps
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 3
     batch_size: int = 128
     learning_rate: float = 1e-3
+    optimizer: Optimizer = Optimizer.adam
+    momentum: float = 0.9  # sgd only
+    # Decoupled decay (w -= lr * weight_decay * w each step), for sgd and adamw; None: the
+    # optimizer's default (adamw 0.004, as tf-keras; sgd 0). Adam with decay is adamw.
+    weight_decay: float | None = None
+    lr_schedule: LrSchedule = LrSchedule.constant
 
 
 class FinetuneInit(StrEnum):
@@ -223,7 +264,9 @@ class ReportConfig:
 @dataclass
 class Config:
     task: Task = Task.job
-    model: ModelConfig = MISSING
+    # One of MODEL_SCHEMAS, or an open node for model=builder (hence Any; "schemas" is read by
+    # schema_keys for suggestions).
+    model: Any = field(default=MISSING, metadata={"schemas": MODEL_SCHEMAS})
     dataset: DatasetConfig = MISSING
     criterion: CriterionConfig = MISSING
     stage: StageConfig = MISSING
@@ -256,6 +299,13 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="schema/model", name="stack", node=ModelConfig)
+    cs.store(group="schema/model", name="file", node=FileModelConfig)
+    app = OmegaConf.structured(KerasAppConfig)
+    OmegaConf.set_struct(app.kwargs, False)  # model.kwargs.alpha=0.35 without a leading +
+    cs.store(group="schema/model", name="keras_app", node=app)
+    builder = OmegaConf.create(BUILDER_MODEL)
+    OmegaConf.set_struct(builder, False)  # model.width=8: any key, no leading + needed
+    cs.store(group="schema/model", name="builder", node=builder)
     cs.store(group="schema/dataset", name="mnist", node=MnistConfig)
     cs.store(group="schema/dataset", name="fer2013", node=Fer2013Config)
     cs.store(group="schema/dataset", name="synthetic", node=SyntheticConfig)
@@ -360,6 +410,10 @@ def check_config(cfg: DictConfig) -> None:
             raise UserError(
                 f"{name}.epochs must be >= 0, {name}.batch_size >= 1 and {name}.learning_rate > 0"
             )
+        check_optimizer(section, name)
+    from avlsi.models import check_model_config  # no TensorFlow yet
+
+    check_model_config(cfg.model)
     if "prune" in steps:
         from avlsi.select import accepted_layer_types  # numpy only: no TensorFlow yet
 
@@ -385,6 +439,23 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(
             f"criterion.threshold applies to criterion=magnitude only, not {cfg.criterion.name}"
         )
+
+
+def check_optimizer(section: DictConfig, name: str) -> None:
+    """momentum and weight_decay in range; Adam's weight decay is spelled adamw."""
+    optimizer = str(getattr(section.optimizer, "value", section.optimizer))
+    decay = section.weight_decay
+    if decay is not None and decay < 0:
+        raise UserError(
+            f"{name}.weight_decay={decay} must be >= 0 (or null: the optimizer's default)"
+        )
+    if optimizer == "adam" and decay:
+        raise UserError(
+            f"{name}.weight_decay={decay} with {name}.optimizer=adam: Adam with decoupled "
+            f"weight decay is AdamW; pass {name}.optimizer=adamw"
+        )
+    if not 0 <= section.momentum < 1:
+        raise UserError(f"{name}.momentum={section.momentum} must be in [0, 1), e.g. 0.9")
 
 
 def check_tracking_settings(mlflow_cfg: DictConfig) -> None:
@@ -428,8 +499,8 @@ def schema_keys(cls: type | None = None, prefix: str = "") -> list[str]:
         for f in dataclasses.fields(variant):
             keys.append(prefix + f.name)
             nested = _dataclass_of(hints.get(f.name))
-            if nested is not None:
-                keys += schema_keys(nested, f"{prefix}{f.name}.")
+            for schema in (nested,) if nested else f.metadata.get("schemas", ()):
+                keys += schema_keys(schema, f"{prefix}{f.name}.")
     return sorted(set(keys))
 
 
@@ -448,7 +519,8 @@ def unknown_keys(node: DictConfig, prefix: str = "", missing: bool = False) -> l
         return []  # a free-form dict (criterion.layer_types): any key goes
     known = [f.name for f in dataclasses.fields(schema)]
     if missing:
-        found = [f"{prefix}{key}" for key in known if key not in node]
+        present = set(node.keys())  # `key in node` is False for a ??? value, which is there
+        found = [f"{prefix}{key}" for key in known if key not in present]
     else:
         found = [f"{prefix}{key}" for key in node if key not in known]
     for key in node:

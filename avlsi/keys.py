@@ -192,6 +192,40 @@ def _dataset_parts(cfg: DictConfig) -> dict[str, Any]:
     return parts
 
 
+# Model keys that name a file (model=file, model=keras_app): its content is in the keys, not
+# its place, so a model file replaced in place is a new baseline and a moved one is not.
+MODEL_FILES = ("path", "weights")
+
+
+def _model_parts(cfg: DictConfig) -> dict[str, Any]:
+    from avlsi.models import is_builder
+
+    parts = _plain(cfg.model)
+    target = str(parts.get("_target_", ""))
+    if not target.startswith("avlsi."):  # a user's builder: its module's source counts too
+        parts["source"] = builder_fingerprint(target)
+    if is_builder(cfg.model):
+        return parts
+    for key in MODEL_FILES:
+        if parts.get(key):
+            parts[key] = path_fingerprint(Path(str(parts[key])).expanduser())
+    return parts
+
+
+def builder_fingerprint(target: str) -> str:
+    """Fingerprint (16 hex) of the source file of the function `target` names ('unknown'
+    when it cannot be found: the job then stops on that before anything is built)."""
+    import inspect
+
+    from hydra._internal.utils import _locate  # hydra.utils.get_method would log a failure
+
+    try:
+        source = inspect.getsourcefile(_locate(target))
+    except Exception:  # not importable, or a builtin: reported by avlsi.models.resolve_builder
+        return "unknown"
+    return file_fingerprint(Path(source))[:16] if source else "unknown"
+
+
 def _environment() -> dict[str, str]:
     import tensorflow as tf
     import tf_keras
@@ -203,6 +237,7 @@ def job_parts(cfg: DictConfig) -> dict[str, Any]:
     """Everything that determines a job's results (the job key hashes this)."""
     parts = {k: v for k, v in _plain(cfg).items() if k not in NOT_IN_JOB_KEY}
     parts.update(
+        model=_model_parts(cfg),
         dataset=_dataset_parts(cfg),
         psize=effective_psize(cfg),
         code=code_fingerprint(),
@@ -223,7 +258,7 @@ def group_key(cfg: DictConfig) -> str:
 def baseline_key(cfg: DictConfig) -> str:
     """Everything that determines a trained baseline, hashed."""
     parts = {
-        "model": _plain(cfg.model),
+        "model": _model_parts(cfg),
         "dataset": _dataset_parts(cfg),
         "train": _plain(cfg.train),
         "seed": cfg.seed,

@@ -147,7 +147,10 @@ class Job:
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
             self.check_prunable(model)  # a bad layer name fails before any training
             mlflow.set_tag("baseline.source", "trained")
-            heading(f"training the baseline {cfg.model.name} ({_epochs(cfg.train.epochs)})")
+            if cfg.train.epochs > 0:
+                heading(f"training the baseline {cfg.model.name} ({_epochs(cfg.train.epochs)})")
+            else:
+                heading(f"measuring the baseline {cfg.model.name} (train.epochs=0: not trained)")
             self.fit_and_record(model, "train", "baseline")
             self.store.put(BASELINES, key, model, {"metrics": self.metrics})
             return model
@@ -300,7 +303,13 @@ def run_name(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> 
         if o.lstrip("+~").startswith(("model.", "dataset.", "train.", "finetune.", "criterion."))
         and not o.lstrip("+~").startswith(shown)
         and not o.lstrip("+~").startswith(
-            ("dataset.path", "dataset.test_path", "dataset.cache_dir")
+            (
+                "dataset.path",
+                "dataset.test_path",
+                "dataset.cache_dir",
+                "model.path",
+                "model.weights",
+            )
         )
     )
     if hashed:
@@ -336,6 +345,10 @@ def run_job(
             return dict(done.data.metrics)
     store = ModelStore(cfg.store.dir)
     check_prerequisites(cfg, store)
+    if "train" in steps_of(cfg):
+        from avlsi.models import check_buildable
+
+        check_buildable(cfg.model)  # a builder or application that does not exist: no run
     train.seed_everything(cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     scope = cfg.criterion.scope.value

@@ -396,19 +396,27 @@ def mlflow_run(cfg: DictConfig, run_name: str, tags: dict[str, str]):
 def job_params(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     """What a user chose and set, as MLflow params: the group options, then every config
     value that changes results, without internals (`_target_`, `name`, `layer_types`,
-    `stage.steps`) and with the data file's name instead of its absolute path."""
+    `stage.steps`; but a builder's `model._target_` and a name other than the option's, e.g.
+    keras_app's `model.name`, are kept) and with file names instead of absolute paths."""
     from avlsi.config import effective_psize
     from avlsi.keys import NOT_IN_JOB_KEY
 
     params: dict[str, Any] = dict(choices)
     for key, value in flatten(cfg).items():
         section, last = key.partition(".")[0], key.rpartition(".")[2]
-        if section in NOT_IN_JOB_KEY or last in ("_target_", "name"):
+        if section in NOT_IN_JOB_KEY:
+            continue
+        if last == "name" and value == choices.get(section):
+            continue
+        if last == "_target_" and not (
+            key == "model._target_" and choices.get("model") == "builder"
+        ):
             continue
         if key.startswith(("criterion.layer_types", "stage.steps")):
             continue
-        if key == "dataset.path":
-            key, value = "dataset.file", None if value is None else Path(str(value)).name
+        if key in ("dataset.path", "model.path", "model.weights"):  # the file's name only
+            key = key.replace("path", "file")
+            value = None if value is None else Path(str(value)).name
         params[key] = value
     params["psize"] = effective_psize(cfg)
     return params

@@ -8,7 +8,9 @@ import sys
 import tensorflow as tf
 
 import avlsi  # noqa: F401
+from avlsi.config import TrainConfig
 from avlsi.errors import UserError
+from avlsi.models import ends_in_softmax
 
 
 def seed_everything(seed: int) -> None:
@@ -23,12 +25,43 @@ def default_verbosity() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def compile_model(model, learning_rate: float) -> None:
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+ADAMW_DEFAULT_DECAY = 0.004  # tf-keras AdamW's own default, when train.weight_decay is null
+
+
+def _option(settings, key: str):
+    """settings[key], else TrainConfig's default (settings: a config section or a dict)."""
+    default = getattr(TrainConfig(), key)
+    value = settings.get(key, default) if settings is not None else default
+    return getattr(value, "value", value)  # an enum member -> its string
+
+
+def make_optimizer(settings=None, total_steps: int = 0):
+    """The optimizer a `train` / `finetune` section asks for (`optimizer`, `learning_rate`,
+    `momentum`, `weight_decay`, `lr_schedule`); a float means Adam at that learning rate.
+
+    `cosine` decays the learning rate to 0 over `total_steps` (the phase's batches);
+    `weight_decay` is Keras' decoupled decay (w -= lr * weight_decay * w each step)."""
+    if isinstance(settings, int | float):
+        settings = {"learning_rate": float(settings)}
+    rate = float(_option(settings, "learning_rate"))
+    if _option(settings, "lr_schedule") == "cosine" and total_steps > 0:
+        rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=int(total_steps))
+    decay = _option(settings, "weight_decay")
+    name = _option(settings, "optimizer")
+    if name == "sgd":
+        momentum = float(_option(settings, "momentum"))
+        return tf.keras.optimizers.SGD(rate, momentum=momentum, weight_decay=decay or None)
+    if name == "adamw":
+        decay = ADAMW_DEFAULT_DECAY if decay is None else float(decay)
+        return tf.keras.optimizers.AdamW(rate, weight_decay=decay)
+    return tf.keras.optimizers.Adam(rate)  # config checks refuse adam with weight_decay > 0
+
+
+def compile_model(model, settings=None, total_steps: int = 0) -> None:
+    """Compile for training with `settings` (see `make_optimizer`) and sparse categorical
+    cross-entropy, on logits or probabilities as the model's output is (softmax or not)."""
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model))
+    model.compile(optimizer=make_optimizer(settings, total_steps), loss=loss, metrics=["accuracy"])
 
 
 def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: str = "train"):
@@ -36,7 +69,8 @@ def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: st
 
     A loss that stops being a finite number ends the job (UserError naming `phase`).
     """
-    compile_model(model, cfg.learning_rate)
+    steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)  # the cosine's length
+    compile_model(model, cfg, total_steps=steps)
     if cfg.epochs <= 0:
         return None
     guard = StopOnNonFiniteLoss(phase)
@@ -56,7 +90,7 @@ def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: st
 def evaluate(model, data, batch_size: int = 512, split: str = "test") -> float:
     """Accuracy in [0, 1] on the test (or `split="val"`: validation) set."""
     if not model.compiled_loss:
-        compile_model(model, 1e-3)
+        compile_model(model)
     try:
         _, accuracy = model.evaluate(**data.keras_inputs(split, batch_size), verbose=0)
     except tf.errors.InvalidArgumentError as exc:

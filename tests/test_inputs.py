@@ -470,8 +470,8 @@ def test_the_prerequisite_hint_names_every_override_that_matters(cli):
 
 @pytest.mark.slow
 def test_a_run_that_crashes_carries_an_error_tag(cli):
-    """Not only UserErrors: a builder that returns no model ends the run FAILED, saying why."""
-    proc = cli("model._target_=builtins.print")
+    """Not only UserErrors: a scorer that returns no scores ends the run FAILED, saying why."""
+    proc = cli("criterion._target_=builtins.print")
     assert proc.returncode == 1 and "avlsi: failed: AttributeError" in proc.stderr
     (run,) = cli.runs()
     assert run.info.status == "FAILED"

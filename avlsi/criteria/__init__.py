@@ -14,6 +14,8 @@ import numpy as np
 import tensorflow as tf  # (importing avlsi.criteria ran avlsi/__init__: tf-keras is set up)
 from hydra.utils import get_method
 
+from avlsi.models import activation_layer, ends_in_softmax
+
 
 @dataclass
 class ScoringContext:
@@ -34,12 +36,10 @@ def get_scorer(cfg) -> Scorer:
 
 
 def unit_output_layer(model, layer):
-    """The layer whose output is `layer`'s activation: its `<name>_relu` if there is one."""
-    names = {candidate.name for candidate in model.layers}
-    for suffix in ("_relu", "_act"):
-        if layer.name + suffix in names:
-            return model.get_layer(layer.name + suffix)
-    return layer
+    """The layer whose output is `layer`'s activation, found by following the graph: `layer`
+    itself if it has a non-linear activation, else the activation / ReLU-type layer it feeds
+    through a single-consumer chain of BatchNormalization / Dropout, else `layer`."""
+    return activation_layer(model, layer)
 
 
 # Shared helpers of the data-driven criteria (mean_activation, apoz, gradient, taylor).
@@ -66,7 +66,7 @@ def sample_means(
     `context.batch_size` serves all `layers`. `a` is a batch of the unit outputs of a layer
     (its post-activation, see `unit_output_layer`), shape (N, ..., units); `g` is the
     gradient of each sample's own cross-entropy loss with respect to `a` (the model's
-    output is read as class probabilities, as every model here ends in softmax; the batch's
+    output is read as class probabilities if it ends in softmax, else as logits; the batch's
     losses are summed, not averaged, so a sample's gradient does not depend on the batch
     it falls in), else None. `per_sample` returns (N, units).
     """
@@ -74,20 +74,24 @@ def sample_means(
     probe = tf.keras.Model(model.inputs, [*outputs, model.outputs[0]])
     x = np.asarray(context.x, dtype=np.float32)
     totals = [np.zeros(int(out.shape[-1])) for out in outputs]
+    from_logits = not ends_in_softmax(model)
     for start in range(0, len(x), context.batch_size):
         stop = start + context.batch_size
-        acts, grads = _outputs_and_gradients(probe, x[start:stop], context.y[start:stop], gradients)
+        batch_y = context.y[start:stop]
+        acts, grads = _outputs_and_gradients(probe, x[start:stop], batch_y, gradients, from_logits)
         for total, act, grad in zip(totals, acts, grads, strict=True):
             total += tf.reduce_sum(per_sample(act, grad), axis=0).numpy()
     return {layer.name: total / len(x) for layer, total in zip(layers, totals, strict=True)}
 
 
-def _outputs_and_gradients(probe, x, y, gradients: bool):
-    """The probe's unit outputs for x and, if asked, d(sum of per-sample losses)/d(output)."""
+def _outputs_and_gradients(probe, x, y, gradients: bool, from_logits: bool = False):
+    """The probe's unit outputs for x and, if asked, d(sum of per-sample losses)/d(output)
+    (the model's output read as logits with `from_logits`, else as probabilities)."""
     if not gradients:
         *acts, _ = probe(x, training=False)
         return acts, [None] * len(acts)
     with tf.GradientTape() as tape:
-        *acts, probs = probe(x, training=False)
-        loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(y, probs))
+        *acts, out = probe(x, training=False)
+        losses = tf.keras.losses.sparse_categorical_crossentropy(y, out, from_logits=from_logits)
+        loss = tf.reduce_sum(losses)
     return acts, tape.gradient(loss, acts)

@@ -1,24 +1,197 @@
-"""Model builders: `build(input_shape, num_classes, cfg) -> tf.keras.Model`.
+"""Models: built from config (`model._target_`), then checked against the dataset.
 
-Layers carry stable names (conv0.., dense0.., output) because criteria and users
-address them by name.
+Four kinds, one per `conf/model/*.yaml` schema:
+- the built-in stacks (`cnn`, `dnn`, `fer_cnn`) and any builder with the signature
+  `(input_shape, num_classes, cfg)` given as their `_target_` (`avlsi.models.stack.build`);
+- `model=builder`: `_target_` is called the way Hydra's `instantiate` calls it, every other
+  key of `model.` but `name` as a keyword argument, plus `input_shape` and `num_classes`;
+- `model=file`: a saved tf-keras model (`avlsi.models.file`);
+- `model=keras_app`: a `tf.keras.applications` constructor (`avlsi.models.keras_app`).
+
+Nothing depends on layer names: `output_layers` and `ends_in_softmax` read the graph.
+Importing this package does not import TensorFlow.
 """
 
 from __future__ import annotations
 
-from hydra.utils import get_method
+import dataclasses
+from pathlib import Path
 
-from avlsi.errors import UserError
+from omegaconf import DictConfig, OmegaConf
+
+from avlsi.errors import UserError, clip
+from avlsi.models.outputs import activation_layer, ends_in_softmax, output_layers
+
+__all__ = [
+    "activation_layer",
+    "build_model",
+    "check_buildable",
+    "check_model_config",
+    "ends_in_softmax",
+    "output_layers",
+]
+
+SUPPLIED = ("input_shape", "num_classes")  # what a builder gets from the dataset
+
+
+def is_builder(cfg: DictConfig) -> bool:
+    """model=builder: an open config (no schema), called with keyword arguments."""
+    schema = OmegaConf.get_type(cfg)
+    return not (isinstance(schema, type) and dataclasses.is_dataclass(schema))
+
+
+def describe(cfg: DictConfig) -> str:
+    """How the user named the model: model=cnn, model._target_=pkg.fn, model.path=..."""
+    from avlsi.config import FileModelConfig, KerasAppConfig
+
+    schema = OmegaConf.get_type(cfg)
+    if schema is FileModelConfig:
+        return f"model.path={clip(cfg.path)}"
+    if schema is KerasAppConfig:
+        return f"model=keras_app {clip(cfg.name)}"
+    if is_builder(cfg) or cfg._target_ != "avlsi.models.stack.build":
+        return f"model._target_={clip(cfg._target_)}"
+    return f"model={cfg.name}"
+
+
+def check_model_config(cfg: DictConfig) -> None:
+    """What can be checked before TensorFlow loads: the file, the required keys."""
+    from avlsi.config import FileModelConfig, KerasAppConfig
+
+    schema = OmegaConf.get_type(cfg)
+    if is_builder(cfg):
+        if OmegaConf.is_missing(cfg, "_target_"):
+            raise UserError(
+                "model=builder needs model._target_=pkg.module.fn, a function that returns a "
+                "tf.keras Model (see examples/my_models.py)"
+            )
+        given = [key for key in SUPPLIED if key in cfg]
+        if given:
+            raise UserError(f"model.{given[0]} is supplied by AVLSI from the dataset; remove it")
+    elif schema is FileModelConfig:
+        if cfg.path is None:
+            raise UserError(
+                "model=file needs model.path=/path/to/model.keras (a tf-keras .keras or .h5 "
+                "file, or a SavedModel folder)"
+            )
+        from avlsi.models.file import check_file
+
+        check_file(Path(str(cfg.path)).expanduser())
+    elif schema is KerasAppConfig:
+        if OmegaConf.is_missing(cfg, "name"):
+            raise UserError(
+                "model=keras_app needs model.name=NAME, a tf.keras.applications constructor "
+                "such as MobileNetV2 or ResNet50"
+            )
+        if cfg.weights is not None:
+            from avlsi.data.files import require_regular_file
+
+            require_regular_file(Path(str(cfg.weights)).expanduser(), "pass model.weights=FILE")
+        from avlsi.models.keras_app import check_kwargs
+
+        check_kwargs(cfg)
+
+
+def resolve_builder(cfg: DictConfig):
+    """The function `model._target_` names; a UserError naming it if it cannot be found."""
+    from hydra._internal.utils import _locate  # get_method's own lookup, without its log line
+
+    target = str(cfg._target_)
+    try:
+        found = _locate(target)
+    except Exception as err:  # an import error, from the path or from inside the module
+        cause = err.__cause__ or err
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise UserError(
+            f"model._target_={clip(target)} cannot be found ({type(cause).__name__}: "
+            f"{reason}); pass pkg.module.function, importable from the current folder or "
+            "PYTHONPATH"
+        ) from None
+    if not callable(found):
+        raise UserError(
+            f"model._target_={clip(target)} is a {type(found).__name__}, not a function"
+        )
+    return found
+
+
+def check_buildable(cfg: DictConfig) -> None:
+    """The builder (and, for keras_app, the application) exists: TensorFlow may load."""
+    from avlsi.config import KerasAppConfig
+
+    resolve_builder(cfg)
+    if OmegaConf.get_type(cfg) is KerasAppConfig:
+        from avlsi.models.keras_app import constructor
+
+        constructor(str(cfg.name))
+
+
+def _keyword_arguments(cfg: DictConfig) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "name"}
+
+
+def _shape(input_shape) -> str:
+    return "x".join(str(d) for d in input_shape)
 
 
 def build_model(cfg, input_shape: tuple[int, ...], num_classes: int):
-    """Build the model that `cfg._target_` names for the given data shape."""
-    builder = get_method(cfg._target_)
+    """Build (or load) the model that `cfg` names for the data, checked to fit the data."""
+    from hydra.utils import instantiate
+
+    builder = resolve_builder(cfg)
+    what = describe(cfg)
+    shape = tuple(int(d) for d in input_shape)
     try:
-        return builder(input_shape, num_classes, cfg)
-    except ValueError as err:
-        msg = str(err).splitlines()[0]
-        raise UserError(f"model={cfg.name} cannot be built for input {input_shape}: {msg}") from err
+        if is_builder(cfg):
+            model = instantiate(
+                _keyword_arguments(cfg), input_shape=shape, num_classes=num_classes,
+                _convert_="all",
+            )  # fmt: skip
+        else:
+            model = builder(shape, num_classes, cfg)
+    except UserError:
+        raise
+    except Exception as err:
+        cause = err.__cause__ if type(err).__name__ == "InstantiationException" else None
+        err = cause or err
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(
+            f"{what} failed to build a model for input {_shape(shape)} and {num_classes} "
+            f"classes: {type(err).__name__}: {text} (HYDRA_FULL_ERROR=1 shows the traceback)"
+        ) from err
+    return check_classifier(model, shape, num_classes, what)
 
 
-OUTPUT_LAYER = "output"
+def check_classifier(model, input_shape: tuple[int, ...], num_classes: int, what: str):
+    """A UserError unless `model` is a built single-output classifier for this data."""
+    import tensorflow as tf
+
+    if not isinstance(model, tf.keras.Model):
+        raise UserError(f"{what} returned {type(model).__name__}, not a tf.keras Model")
+    if not model.built:
+        model.build((None, *input_shape))
+    if not getattr(model, "_is_graph_network", False):
+        raise UserError(
+            f"{what} returned a subclassed {type(model).__name__}; AVLSI reads the model's graph "
+            "to prune it: build it with the functional API or tf.keras.Sequential"
+        )
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UserError(
+            f"{what} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; AVLSI "
+            "prunes classifiers with one input and one output"
+        )
+    expected = tuple(model.inputs[0].shape[1:])
+    fits = len(expected) == len(input_shape) and all(
+        e is None or e == g for e, g in zip(expected, input_shape, strict=False)
+    )
+    if not fits:
+        given = _shape(d if d is not None else "?" for d in expected)
+        raise UserError(
+            f"{what} takes inputs of shape {given}, but the dataset gives {_shape(input_shape)}"
+        )
+    units = model.outputs[0].shape[-1]
+    if len(model.outputs[0].shape) != 2 or units != num_classes:
+        raise UserError(
+            f"{what} outputs {units} classes (output shape {tuple(model.outputs[0].shape[1:])}), "
+            f"but the dataset has {num_classes}"
+        )
+    return model

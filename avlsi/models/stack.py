@@ -5,7 +5,6 @@ from __future__ import annotations
 import tensorflow as tf
 
 import avlsi  # noqa: F401
-from avlsi.models import OUTPUT_LAYER
 
 layers = tf.keras.layers
 
@@ -34,5 +33,5 @@ def build(input_shape: tuple[int, ...], num_classes: int, cfg) -> tf.keras.Model
         x = layers.Activation("relu", name=f"dense{i}_relu")(x)
         if cfg.dropout:
             x = layers.Dropout(cfg.dropout, name=f"dense{i}_drop")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name=OUTPUT_LAYER)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="output")(x)
     return tf.keras.Model(inputs, outputs, name=cfg.name)

@@ -1,0 +1,115 @@
+"""model=file: a saved tf-keras model (`.keras`, `.h5`, SavedModel folder) is the baseline.
+
+`check_file` looks at the file without TensorFlow (zip / HDF5 metadata only), so a wrong
+path, a wrong kind of file or a Keras 3 file is refused at once; `load` then loads it with
+tf-keras in safe mode (no Python `lambda` is deserialised, whatever the format).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+from avlsi.data.files import kind_of
+from avlsi.errors import UserError, clip
+
+SUFFIXES = (".keras", ".h5", ".hdf5")
+KERAS3 = (
+    "was saved by Keras {version} (Keras 3), which AVLSI does not support yet: it runs on "
+    "tf-keras (Keras 2); save the model with tf-keras (TF_USE_LEGACY_KERAS=1) or build it "
+    "with model=builder"
+)
+
+
+def _setting(path: Path) -> str:
+    return f"model.path={clip(path)}"
+
+
+def check_file(path: Path) -> None:
+    """A UserError unless `path` is a loadable-looking tf-keras model file or folder."""
+    setting = _setting(path)
+    kind = kind_of(path, "model.path")
+    if kind == "missing":
+        raise UserError(f"{setting} does not exist; pass your saved model's .keras or .h5 file")
+    if kind == "folder":
+        _check_saved_model(path)
+        return
+    if kind != "file":
+        raise UserError(f"{setting} is {kind}, not a model file")
+    if path.suffix.lower() not in SUFFIXES:
+        raise UserError(
+            f"{setting}: a model file ends in .keras, .h5 or .hdf5 (or is a SavedModel folder), "
+            f"not '{path.suffix or '(no extension)'}'"
+        )
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{setting} cannot be read by this user (chmod u+r)")
+    version = _h5_version(path) if path.suffix.lower() != ".keras" else _zip_version(path)
+    if version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3:
+        raise UserError(f"{setting} {KERAS3.format(version=version)}")
+
+
+def _check_saved_model(path: Path) -> None:
+    setting = _setting(path)
+    if not (path / "saved_model.pb").is_file():
+        raise UserError(
+            f"{setting} is a folder without saved_model.pb; pass a .keras or .h5 file or a "
+            "SavedModel folder"
+        )
+    if not (path / "keras_metadata.pb").is_file():
+        raise UserError(
+            f"{setting} is a SavedModel without Keras metadata (written by tf.saved_model.save "
+            "or Keras 3's model.export), which cannot be loaded as a Keras model; save it with "
+            "tf-keras' model.save('model.keras')"
+        )
+
+
+def _zip_version(path: Path) -> str:
+    """The `keras_version` a `.keras` archive records in metadata.json."""
+    setting = _setting(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if "config.json" not in names:
+                raise UserError(f"{setting} has no config.json: it is not a Keras model file")
+            meta = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise UserError(
+            f"{setting} cannot be read as a .keras file (a zip archive): {err}"
+        ) from None
+    return str(meta.get("keras_version", ""))
+
+
+def _h5_version(path: Path) -> str:
+    """The `keras_version` an HDF5 model file records; a weights-only file is refused."""
+    import h5py  # installed with TensorFlow, light to import
+
+    setting = _setting(path)
+    try:
+        with h5py.File(path, "r") as h5:
+            if "model_config" not in h5.attrs:
+                raise UserError(
+                    f"{setting} holds no model_config (weights only?); save the whole model "
+                    "with model.save(...)"
+                )
+            version = h5.attrs.get("keras_version", b"")
+    except OSError as err:
+        raise UserError(f"{setting} cannot be read as an HDF5 model file: {err}") from None
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def load(input_shape: tuple[int, ...], num_classes: int, cfg):
+    """The model saved at `cfg.path`, loaded with tf-keras in safe mode and not compiled."""
+    import tensorflow as tf
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    path = Path(str(cfg.path)).expanduser()
+    check_file(path)
+    try:
+        # load_model's safe_mode covers .keras only; the scope extends it to .h5 / SavedModel.
+        with SafeModeScope(True):
+            return tf.keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:  # noqa: BLE001  (any loader failure is the file's problem)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{_setting(path)} cannot be loaded by tf-keras: {first}") from err
