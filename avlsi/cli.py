@@ -174,11 +174,23 @@ def is_user_mistake(err: BaseException) -> bool:
     )
 
 
+def importable_from_here() -> None:
+    """Modules in the folder the user runs in can be named (`model._target_=my_models.fn`),
+    as with `python -m`; also in a sweep's worker processes (PYTHONPATH is inherited)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, here])
+
+
 def main() -> None:
     """Entry point: Hydra's CLI, with every user mistake reported as one line."""
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
     handle_sigterm()
+    importable_from_here()
     try:
         hydra_entry()
     except Terminated as err:

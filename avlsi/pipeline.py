@@ -278,12 +278,23 @@ class Job:
         return self.metrics
 
 
+def model_label(cfg: DictConfig, choice: str | None) -> str:
+    """The model as a run name shows it: the application, builder function or file's name."""
+    if choice == "keras_app":
+        return str(cfg.model.name)
+    if choice == "builder":
+        return str(cfg.model._target_).rsplit(".", 1)[-1]
+    if choice == "file":
+        return Path(str(cfg.model.path)).stem
+    return choice or str(cfg.model.name)
+
+
 def run_name(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> str:
     """Distinct names for distinct configs: model, criterion, scope (and layer), psize (or
     threshold), seed; the stage unless `all`; scratch; a short hash of the overrides of
     model / dataset / train / finetune / other criterion settings."""
     criterion, psize = cfg.criterion, effective_psize(cfg)
-    parts = [choices.get("model") or cfg.model.name, criterion.name]
+    parts = [model_label(cfg, choices.get("model")), criterion.name]
     if criterion.prunes:
         scope = str(getattr(criterion.scope, "value", criterion.scope))
         parts.append(f"{scope}:{criterion.layer}" if scope == "layer" else scope)
