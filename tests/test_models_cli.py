@@ -17,6 +17,8 @@ def job(*overrides: str) -> list[str]:
     """TINY's data and training settings (not its stack sizes; for model=file not its
     train.epochs), then `overrides`, each key given once."""
     chosen = {o.split("=")[0]: o for o in TINY if not o.startswith("model.")}
+    if any(o.startswith("dataset=") for o in overrides):  # the user's data, not TINY's
+        chosen = {k: o for k, o in chosen.items() if not k.startswith("dataset.")}
     if "model=file" in overrides:
         del chosen["train.epochs"]  # its own default: 0, the file is the baseline
     chosen.update({o.split("=")[0]: o for o in overrides})
@@ -58,14 +60,18 @@ def load(path: Path):
 
 @pytest.mark.slow
 def test_a_saved_model_is_the_untrained_baseline_pruned_and_finetuned(cli):
+    """The user's file and the user's arrays (npz: 60 + 30 RGB 16x16 images, 3 classes)."""
     import numpy as np
+    from data_factory import write_npz
 
     path = cli.tmp / "user.keras"
-    user = save_user_model(path)
+    user = save_user_model(path, input_shape=(16, 16, 3), classes=3)
+    data = ["dataset=npz", f"dataset.path={write_npz(cli.tmp / 'user.npz')}"]
     proc = cli(
         *job(
             "model=file",
             f"model.path={path}",
+            *data,
             "criterion=l1",
             "psize=0.5",
             "finetune.optimizer=sgd",
@@ -88,20 +94,20 @@ def test_a_saved_model_is_the_untrained_baseline_pruned_and_finetuned(cli):
     for kept, given in zip(baseline.get_weights(), user.get_weights(), strict=True):
         np.testing.assert_array_equal(kept, given)  # the file is the baseline, untouched
     pruned = load(run_dir / "pruned.keras")
-    assert pruned.outputs[0].shape[-1] == 10  # every class kept (the issue's bug: 2)
-    assert pruned.layers[-1].get_weights()[0].shape == (4, 10)  # its hidden Dense pruned
+    assert pruned.outputs[0].shape[-1] == 3  # every class kept (the issue's bug: 2 of 10)
+    assert pruned.layers[-1].get_weights()[0].shape == (4, 3)  # its hidden Dense pruned
     compiled = keras_file(run_dir, "finetuned")["compile_config"]
     optimizer, rate = compiled["optimizer"], compiled["optimizer"]["config"]["learning_rate"]
     assert optimizer["class_name"] == "SGD"
     assert optimizer["config"]["momentum"] == pytest.approx(0.8)
     assert rate["class_name"] == "CosineDecay"
-    assert rate["config"]["decay_steps"] == math.ceil(86 / 32)  # 96 minus 10% validation
+    assert rate["config"]["decay_steps"] == math.ceil(54 / 32)  # 60 minus 10% validation
     assert compiled["loss"]["config"]["from_logits"] is True
     assert keras_file(run_dir, "baseline")["compile_config"]["optimizer"]["class_name"] == "Adam"
 
     # The same file replaced in place with other weights: a new baseline, not the stored one.
-    save_user_model(path, seed=1)
-    proc = cli(*job("model=file", f"model.path={path}", "stage=train"), tiny=False)
+    save_user_model(path, seed=1, input_shape=(16, 16, 3), classes=3)
+    proc = cli(*job("model=file", f"model.path={path}", *data, "stage=train"), tiny=False)
     assert proc.returncode == 0, proc.stderr
     newer = next(r for r in cli.runs() if r.info.run_id != run.info.run_id)
     assert newer.data.tags["baseline.source"] == "trained"
@@ -110,8 +116,14 @@ def test_a_saved_model_is_the_untrained_baseline_pruned_and_finetuned(cli):
 
 @pytest.mark.slow
 def test_a_builder_gets_its_keyword_arguments(cli):
+    """The user's builder on the user's image folder (streamed: train/ and test/ PNGs)."""
+    from data_factory import write_split_folder
+
+    images = write_split_folder(cli.tmp / "images")
     proc = cli(
         *job(
+            "dataset=image_folder",
+            f"dataset.path={images}",
             "model=builder",
             "model._target_=examples.my_models.residual_cnn",
             "model.width=6",
