@@ -114,7 +114,7 @@ def _layer_kinds():
 class MacsCount:
     """Multiply-adds of a model: in total, per layer (all its calls), and what was not counted.
 
-    `by_layer` and `uncounted` are keyed by layer name, `outer/inner` inside nested models;
+    `by_layer` and `uncounted` are keyed by layer name, `outer::inner` inside nested models;
     `uncounted` maps each layer with weights that the counter does not know to its parameters.
     """
 
@@ -152,10 +152,9 @@ def _at_shape(inner, shape):
     """`inner`, or a copy of it built for `shape` when its own graph leaves sizes undefined."""
     import tf_keras as keras
 
-    own = tuple(inner.inputs[0].shape) if len(inner.inputs) == 1 else None
-    if own is not None and None not in own[1:]:
+    if not getattr(inner, "_is_graph_network", False) or len(inner.inputs) != 1:
         return inner
-    if None in shape[1:]:
+    if None not in tuple(inner.inputs[0].shape)[1:] or None in shape[1:]:
         return inner
     return keras.models.clone_model(inner, input_tensors=keras.Input(batch_shape=shape))
 
@@ -164,7 +163,7 @@ def _count(model, kinds, out: MacsCount, prefix: str, seen: set[int]) -> None:
     import tf_keras as keras
 
     if not getattr(model, "_is_graph_network", False):
-        out.uncounted[prefix.rstrip("/") or model.name] = model.count_params()
+        out.uncounted[prefix.removesuffix("::") or model.name] = model.count_params()
         return
     for layer, in_shape, out_shape in _calls(model):
         name = prefix + layer.name
@@ -172,7 +171,7 @@ def _count(model, kinds, out: MacsCount, prefix: str, seen: set[int]) -> None:
         seen.add(id(layer))
         if isinstance(layer, keras.Model):
             inner = MacsCount()
-            _count(_at_shape(layer, in_shape), kinds, inner, name + "/", set() | seen)
+            _count(_at_shape(layer, in_shape), kinds, inner, name + "::", set() | seen)
             out.total += inner.total
             for key, value in inner.by_layer.items():
                 out.by_layer[key] = out.by_layer.get(key, 0) + value
