@@ -1,12 +1,13 @@
 """benchmarks/prunability.py: three small keras.applications models through the table's path."""
 
 import importlib.util
+import sys
 
 import pytest
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("prunability", ROOT / "benchmarks/prunability.py")
-prunability = importlib.util.module_from_spec(spec)
+prunability = sys.modules["prunability"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(prunability)
 
 SMALL = {
