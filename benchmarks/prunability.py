@@ -5,7 +5,11 @@
 
 Each model is built with `weights=None` for `--size`x`--size`x3 inputs and 10 classes (a
 model that refuses that size is built at the smallest of 96, 128, ..., 224 it accepts, and
-the table says so). Then, as a `criterion=l1 criterion.scope=layerwise psize=0.3` job does:
+the table says so), with logits as outputs (`classifier_activation=None`) and its
+normalization statistics, scales and biases drawn at random (`unsettle`): at Keras'
+initial values (mean 0, variance 1, scale 1, bias 0, ConvNeXt's layer scale 1e-6) the
+outputs of these models are near-constant (MobileNet's logits are ~1e-17 for any input),
+and the equivalence check below would pass whichever channels were cut. Then, as a `criterion=l1 criterion.scope=layerwise psize=0.3` job does:
 the pruning groups (`avlsi.graph.pruning_groups`); the groups the job would prune
 (`avlsi.targets.prune_targets`: every prunable group but the first conv's and the
 outputs'); l1 scores (sum |kernel| per output unit, averaged over a group's producers);
@@ -91,7 +95,11 @@ def build(name: str, size: int, classes: int = 10, **kwargs):
     for tried in (size, *(s for s in FALLBACK_SIZES if s > size)):
         try:
             model = constructor(
-                input_shape=(tried, tried, 3), weights=None, classes=classes, **kwargs
+                input_shape=(tried, tried, 3),
+                weights=None,
+                classes=classes,
+                classifier_activation=None,
+                **kwargs,
             )
         except ValueError as error:
             first_error = first_error or error
@@ -99,6 +107,21 @@ def build(name: str, size: int, classes: int = 10, **kwargs):
         note = "" if tried == size else f"{size} refused: {first_error}"
         return model, tried, note
     raise first_error
+
+
+def unsettle(model, seed: int = 0) -> None:
+    """Random normalization statistics, scales and biases, as training would leave them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    scales = ("gamma", "moving_variance")  # variable names of tf-keras' own layers
+    shifts = ("beta", "moving_mean", "bias")
+    for variable in model.weights:
+        name = variable.name.split("/")[-1].split(":")[0]
+        if name in scales:
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+        elif name in shifts:
+            variable.assign(rng.normal(0.0, 0.2, variable.shape).astype("float32"))
 
 
 def l1_criterion():
@@ -159,6 +182,7 @@ def measure(name: str, size: int = 96, psize: float = 0.3, **kwargs) -> Row:
     try:
         tf.keras.backend.clear_session()
         model, row.size, row.note = build(name, size, **kwargs)
+        unsettle(model)
         before = macs_report(model)
         row.params, row.macs, row.coverage = count_params(model), before.total, before.coverage
         step = "graph"
