@@ -216,8 +216,10 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
 
-def _kept(after: int, before: int) -> str:
-    return f"{after / before:.2f}" if before and after else ""
+def _before_after(before: int, after: int) -> str:
+    if not after:
+        return f"{_millions(before)} -> -"
+    return f"{_millions(before)} -> {_millions(after)} ({after / before:.2f})"
 
 
 def table(rows: list[Row]) -> str:
@@ -229,14 +231,11 @@ def table(rows: list[Row]) -> str:
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
-        status = "ok" if r.reloaded else "FAIL"
         lines.append(
             f"| {r.model} | {r.size or ''} | {r.prunable} / {r.groups} | {r.pruned_groups} "
-            f"| {r.prunable_params:.0%} "
-            f"| {_millions(r.params)} -> {_millions(r.params_after)} "
-            f"({_kept(r.params_after, r.params)}) "
-            f"| {_millions(r.macs)} -> {_millions(r.macs_after)} ({_kept(r.macs_after, r.macs)}) "
-            f"| {r.coverage:.3f} | {r.equivalence:.1e} | {status} | {r.seconds:.0f} |"
+            f"| {r.prunable_params:.0%} | {_before_after(r.params, r.params_after)} "
+            f"| {_before_after(r.macs, r.macs_after)} | {r.coverage:.3f} "
+            f"| {r.equivalence:.1e} | {'ok' if r.reloaded else 'FAIL'} | {r.seconds:.0f} |"
         )
     passed = sum(r.passed for r in rows)
     lines.append("")

@@ -13,7 +13,7 @@ spec.loader.exec_module(prunability)
 SMALL = {
     "MobileNet": {"alpha": 0.25},  # depthwise chain
     "MobileNetV2": {"alpha": 0.35},  # residual adds across depthwise blocks
-    "MobileNetV3Small": {"alpha": 0.75, "minimalistic": False},  # squeeze-excite multiplies
+    "DenseNet121": {},  # concatenations
 }
 
 
