@@ -10,14 +10,17 @@ normalization statistics, scales and biases drawn at random (`unsettle`): at Ker
 initial values (mean 0, variance 1, scale 1, bias 0, ConvNeXt's layer scale 1e-6) the
 outputs of these models are near-constant (MobileNet's logits are ~1e-17 for any input),
 and the equivalence check below would pass whichever channels were cut (measured: with
-shifted channel indices it still gave 0.0; after `unsettle`, 0.9). Then, as a
-`criterion=l1 criterion.scope=layerwise psize=0.3` job does: the pruning groups (`avlsi.graph.pruning_groups`); the groups the job would prune
-(`avlsi.targets.prune_targets`: every prunable group but the first conv's and the
-outputs'); l1 scores (sum |kernel| per output unit, averaged over a group's producers);
-30% of each group's channels removed in one surgery (`avlsi.surgery.delete_units`); the
-equivalence check (`avlsi.graph.equivalence_error` <= 1e-5); the pruned model saved to
-`.keras`, reloaded and run (its outputs must equal the pruned model's). A model that fails
-a step is a row with the step and the message, e.g. the surgery's refusal naming the layer.
+shifted channel indices it still gave 0.0; after `unsettle`, 0.9).
+
+Then, as a `criterion=l1 criterion.scope=layerwise psize=0.3` job does: the pruning groups
+(`avlsi.graph.pruning_groups`); the groups the job would prune (`avlsi.targets.
+prune_targets`: every prunable group but the first conv's and the outputs'); l1 scores
+(sum |kernel| per output unit, averaged over a group's producers); 30% of each group's
+channels removed in one surgery (`avlsi.surgery.delete_units`); the equivalence check
+(`avlsi.graph.equivalence_error` <= 1e-5); the pruned model saved to `.keras`, reloaded
+and run (its outputs must equal the pruned model's). A model that fails a step is a row
+with the step and the message, e.g. the surgery's refusal naming the layer; an exception
+that is not a clean `avlsi` error is marked NOT CLEAN with its type and source line.
 
 Columns: groups prunable / found; `prunable params` = share of the parameters in layers
 that are members of a prunable group (their weights change when its channels go); params
