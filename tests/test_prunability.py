@@ -13,23 +13,23 @@ spec.loader.exec_module(prunability)
 SMALL = {
     "MobileNet": {"alpha": 0.25},  # depthwise chain
     "MobileNetV2": {"alpha": 0.35},  # residual adds across depthwise blocks
-    "DenseNet121": {},  # concatenations
+    "VGG16": {},  # plain chain, Flatten into Dense
 }
 
 
 @pytest.mark.slow
-def test_small_applications_prune_check_and_reload():
-    rows = [prunability.measure(name, 32, 0.3, **kwargs) for name, kwargs in SMALL.items()]
-    for row in rows:
-        assert row.error == "", row.error
-        assert row.passed, row
-        assert 0 < row.pruned_groups < row.prunable <= row.groups, row
-        assert row.params_after < 0.8 * row.params, row
-        assert row.macs_after < 0.8 * row.macs, row
-        assert row.coverage == 1.0, row
-    text = prunability.table(rows)
-    assert "3 of 3 models pass" in text
-    assert all(f"| {name} | 32 |" in text for name in SMALL)
+@pytest.mark.parametrize("name", SMALL)
+def test_small_application_prunes_checks_and_reloads(name):
+    row = prunability.measure(name, 32, 0.3, **SMALL[name])
+    assert row.error == "", row.error
+    assert row.passed, row
+    assert row.equivalence <= 1e-5
+    assert 0 < row.pruned_groups < row.prunable <= row.groups, row
+    assert row.params_after < 0.8 * row.params, row
+    assert row.macs_after < 0.8 * row.macs, row
+    assert row.coverage == 1.0, row
+    text = prunability.table([row])
+    assert f"| {name} | 32 |" in text and "1 of 1 models pass" in text
 
 
 def test_a_refused_size_falls_back_and_says_so():
