@@ -108,7 +108,7 @@ def build(name: str, size: int, classes: int = 10, **kwargs):
         except ValueError as error:
             first_error = first_error or error
             continue
-        note = "" if tried == size else f"{size} refused: {first_error}"
+        note = "" if tried == size else f"built at {tried}x{tried}: {size} refused ({first_error})"
         return model, tried, note
     raise first_error
 
@@ -158,18 +158,41 @@ def prune_l1(model, psize: float):
     return targets, units, delete_units(model, units)
 
 
-def reload_and_run(pruned, folder: Path) -> None:
-    """Save to .keras, load (safe mode), and check the reloaded model computes the same."""
+def own_classes(model) -> dict[str, type]:
+    """The model's layer classes that tf-keras does not export (e.g. ConvNeXt's LayerScale)."""
+    import tensorflow as tf
+
+    return {
+        type(layer).__name__: type(layer)
+        for layer in model.layers
+        if getattr(tf.keras.layers, type(layer).__name__, None) is not type(layer)
+        and not isinstance(layer, tf.keras.Model)
+    }
+
+
+def reload_and_run(pruned, folder: Path) -> str:
+    """Save to .keras, load (safe mode), check the reloaded model computes the same; returns
+    a note when loading needed `custom_objects` (tf-keras cannot reload its own ConvNeXt
+    without them, pruned or not)."""
     import numpy as np
     import tensorflow as tf
 
     path = folder / f"{pruned.name}.keras"
     pruned.save(path)
-    loaded = tf.keras.models.load_model(path, compile=False)
+    note = ""
+    try:
+        loaded = tf.keras.models.load_model(path, compile=False)
+    except Exception:
+        custom = own_classes(pruned)
+        if not custom:
+            raise
+        loaded = tf.keras.models.load_model(path, compile=False, custom_objects=custom)
+        note = f"reloaded with custom_objects={{{', '.join(custom)}}}"
     x = np.random.default_rng(1).standard_normal((2, *pruned.input_shape[1:]), dtype=np.float32)
     want, got = pruned(x, training=False), loaded(x, training=False)
     if not np.allclose(np.asarray(want), np.asarray(got), rtol=1e-5, atol=1e-6):
         raise AssertionError("the reloaded model computes something else than the pruned one")
+    return note
 
 
 def measure(name: str, size: int = 96, psize: float = 0.3, **kwargs) -> Row:
@@ -202,7 +225,7 @@ def measure(name: str, size: int = 96, psize: float = 0.3, **kwargs) -> Row:
         row.equivalence = equivalence_error(model, pruned, units, samples=2, seed=0)
         step = "save/reload"
         with tempfile.TemporaryDirectory() as folder:
-            reload_and_run(pruned, Path(folder))
+            row.note = "; ".join(filter(None, [row.note, reload_and_run(pruned, Path(folder))]))
         row.reloaded = True
     except UserError as error:  # SurgeryError included: a clean refusal naming the layer
         row.error = f"{step}: {error}"
@@ -246,7 +269,7 @@ def table(rows: list[Row]) -> str:
     lines.append(f"{passed} of {len(rows)} models pass (equivalence <= {TOLERANCE:g}, reload ok).")
     for r in rows:
         if r.note:
-            lines.append(f"- {r.model}: built at {r.size}x{r.size} ({r.note})")
+            lines.append(f"- {r.model}: {r.note}")
         if r.error:
             lines.append(f"- {r.model} failed at {r.error}")
     return "\n".join(lines)

@@ -35,7 +35,7 @@ def test_small_application_prunes_checks_and_reloads(name):
 def test_a_refused_size_falls_back_and_says_so():
     model, size, note = prunability.build("MobileNet", 16, alpha=0.25)  # needs 32 or more
     assert (size, model.input_shape) == (96, (None, 96, 96, 3))
-    assert note.startswith("16 refused:")
+    assert note.startswith("built at 96x96: 16 refused (")
 
 
 def test_a_refusal_is_a_row_naming_the_step_and_layer(monkeypatch):
