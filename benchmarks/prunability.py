@@ -159,14 +159,12 @@ def prune_l1(model, psize: float):
 
 
 def own_classes(model) -> dict[str, type]:
-    """The model's layer classes that tf-keras does not export (e.g. ConvNeXt's LayerScale)."""
-    import tensorflow as tf
-
+    """The model's layer classes from outside tf-keras' layers (e.g. ConvNeXt's LayerScale)."""
+    builtin = ("tf_keras.src.layers.", "tf_keras.src.engine.")
     return {
         type(layer).__name__: type(layer)
         for layer in model.layers
-        if getattr(tf.keras.layers, type(layer).__name__, None) is not type(layer)
-        and not isinstance(layer, tf.keras.Model)
+        if not type(layer).__module__.startswith(builtin)
     }
 
 
