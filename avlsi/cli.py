@@ -37,6 +37,8 @@ def hydra_entry(cfg: DictConfig) -> dict[str, float]:
     hydra_cfg = HydraConfig.get()
     if str(cfg.task) == "report":  # task=report: no job, no TensorFlow
         return run_report(cfg)
+    if str(cfg.task) == "inspect":  # task=inspect: the pruning groups, nothing trained
+        return run_inspect(cfg)
     choices = {group: str(hydra_cfg.runtime.choices.get(group)) for group in GROUPS}
     try:
         check_config(cfg)  # before TensorFlow loads: a mistake is reported at once
@@ -72,6 +74,18 @@ def run_report(cfg: DictConfig) -> dict[str, float]:
         print(report_from_config(cfg).summary())
     except UserError as err:  # Hydra would add its own "Error executing job" line
         print(f"avlsi: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return {}
+
+
+def run_inspect(cfg: DictConfig) -> dict[str, float]:
+    """`python run.py task=inspect`: the model's pruning groups (see avlsi/inspect.py)."""
+    from avlsi.inspect import inspect_from_config
+
+    try:
+        print(inspect_from_config(cfg))
+    except UserError as err:
+        print(clip(f"avlsi: error: {err}"), file=sys.stderr)
         sys.exit(2)
     return {}
 

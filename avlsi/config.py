@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from avlsi.errors import UserError, clip
+from avlsi.units import UNIT_TYPES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,9 +42,19 @@ class Normalize(StrEnum):
     none = "none"  # raw scores
 
 
+class GroupReduce(StrEnum):
+    """How the scores of a group's coupled layers become one score per channel."""
+
+    mean = "mean"  # their mean (Torch-Pruning's default)
+    sum = "sum"
+    max = "max"
+    first = "first"  # the first layer's score alone
+
+
 class Task(StrEnum):
     job = "job"  # train / prune / fine-tune as the stage says, recorded in MLflow
     report = "report"  # write the report of mlflow.experiment instead (see avlsi/report.py)
+    inspect = "inspect"  # print the model's pruning groups, train nothing (avlsi/inspect.py)
 
 
 class Step(StrEnum):
@@ -78,6 +89,7 @@ class DatasetConfig:
     # column) use theirs.
     val_fraction: float = 0.1
     path_example: ClassVar[str | None] = None  # set: dataset.path is required (an example)
+    path_kind: ClassVar[str | None] = None  # "file" or "folder": what dataset.path must be
 
 
 @dataclass
@@ -92,6 +104,39 @@ class Fer2013Config(DatasetConfig):
     _target_: str = "avlsi.data.fer2013.load"
     name: str = "fer2013"
     test_fraction: float = 0.1  # held out when the CSV has no Usage column
+
+
+@dataclass
+class NpzConfig(DatasetConfig):
+    """The user's arrays: x_train, y_train, x_test, y_test (optional x_val, y_val)."""
+
+    path_example: ClassVar[str | None] = "/path/to/data.npz"
+    path_kind: ClassVar[str | None] = "file"
+    _target_: str = "avlsi.data.npz.load"
+    name: str = "npz"
+
+
+@dataclass
+class ImageFolderConfig(DatasetConfig):
+    """One sub-folder of images per class, streamed (see avlsi/data/image_folder.py)."""
+
+    path_example: ClassVar[str | None] = "/path/to/images"
+    path_kind: ClassVar[str | None] = "folder"
+    _target_: str = "avlsi.data.image_folder.load"
+    name: str = "image_folder"
+    test_path: str | None = None  # a folder of the same classes; else DIR/test/ or a fraction
+    image_size: list[int] | None = None  # [height, width]; default: the first image's size
+    color_mode: str = "rgb"  # grayscale, rgb or rgba
+    test_fraction: float = 0.2  # held out of DIR when there is no test folder
+
+
+@dataclass
+class KerasConfig(DatasetConfig):
+    """keras' own datasets and download cache: cifar10, cifar100, fashion_mnist, mnist."""
+
+    _target_: str = "avlsi.data.keras_datasets.load"
+    name: str = "cifar10"
+    cache_dir: str | None = None  # default ~/.keras (files under <cache_dir>/datasets/)
 
 
 @dataclass
@@ -123,11 +168,10 @@ class CriterionConfig:
     prunes: bool = True  # False: the `none` control (no unit removed, psize ignored)
     normalize: Normalize = Normalize.rms  # scope=global: per-layer scaling before ranking
     min_units: int = 1  # every layer keeps at least this many units (magnitude: weights)
+    group_reduce: GroupReduce = GroupReduce.mean  # coupled layers' scores -> one per channel
     layer_types: dict[str, list[str]] = field(
         default_factory=lambda: {
-            "layer": ["Conv2D", "Dense"],
-            "layerwise": ["Conv2D", "Dense"],
-            "global": ["Conv2D", "Dense"],
+            scope: list(UNIT_TYPES) for scope in ("layer", "layerwise", "global")
         }
     )
 
@@ -215,6 +259,9 @@ def register() -> None:
     cs.store(group="schema/dataset", name="mnist", node=MnistConfig)
     cs.store(group="schema/dataset", name="fer2013", node=Fer2013Config)
     cs.store(group="schema/dataset", name="synthetic", node=SyntheticConfig)
+    cs.store(group="schema/dataset", name="npz", node=NpzConfig)
+    cs.store(group="schema/dataset", name="image_folder", node=ImageFolderConfig)
+    cs.store(group="schema/dataset", name="keras", node=KerasConfig)
     cs.store(group="schema/criterion", name="criterion", node=CriterionConfig)
     cs.store(group="schema/stage", name="stage", node=StageConfig)
 
@@ -239,17 +286,46 @@ def effective_psize(cfg: DictConfig) -> float | None:
 
 
 def check_dataset(dataset: DictConfig) -> None:
-    """A dataset that needs a file has one, and a given dataset.path is a file or folder
-    (found by `stat` alone: a FIFO or a device is refused without being opened)."""
+    """A dataset that needs a file has one, and a given dataset.path (and dataset.test_path)
+    is a file or folder, of the kind the loader reads (found by `stat` alone: a FIFO or a
+    device is refused without being opened)."""
     from avlsi.data.files import require_file_or_folder  # numpy only: no TensorFlow yet
 
+    schema = OmegaConf.get_type(dataset)
+    if schema is KerasConfig:
+        from avlsi.data.keras_datasets import check_name  # no TensorFlow yet either
+
+        check_name(str(dataset.name))
+        if dataset.path is not None:
+            raise UserError(
+                "dataset=keras reads keras' own cache, not dataset.path; drop it (or pass "
+                "dataset.cache_dir=FOLDER whose datasets/ holds the files)"
+            )
     path = dataset.path
     if path is None:
-        example = getattr(OmegaConf.get_type(dataset), "path_example", None)
+        example = getattr(schema, "path_example", None)
         if example:
             raise UserError(f"dataset={dataset.name} needs dataset.path={example}")
         return
-    require_file_or_folder(Path(path).expanduser(), "dataset.path")
+    wanted = getattr(schema, "path_kind", None)
+    for key in ("path", "test_path"):
+        value = dataset.get(key)
+        if value is None:
+            continue
+        kind = require_file_or_folder(Path(str(value)).expanduser(), f"dataset.{key}")
+        if wanted and kind != wanted:
+            hint = "an .npz file" if wanted == "file" else "a folder of class folders"
+            raise UserError(
+                f"dataset.{key}={clip(value)} is a {kind}; dataset={dataset.name} reads {hint}"
+            )
+    if schema is NpzConfig:  # its headers: layout mistakes before TensorFlow loads
+        from avlsi.data.npz import check_file
+
+        check_file(Path(str(path)).expanduser(), dataset.limit, dataset.test_limit)
+    if schema is ImageFolderConfig:
+        from avlsi.data.image_folder import check_settings
+
+        check_settings(dataset)
 
 
 MAX_SEED = 2**32 - 1  # the largest seed numpy and TensorFlow accept

@@ -31,6 +31,8 @@ from avlsi.store import file_sha256
 # Config sections that say where results go or how they look, not what is computed.
 NOT_IN_JOB_KEY = ("mlflow", "store", "report", "verbose", "rerun", "task", "hydra")
 NOT_IN_GROUP_KEY = ("seed", "stage")
+# Where data lives, not what it is (its content is fingerprinted instead).
+DATA_LOCATIONS = ("path", "test_path", "cache_dir")
 
 
 def config_key(prefix: str, parts: dict[str, Any]) -> str:
@@ -83,6 +85,70 @@ def file_fingerprint(path: Path) -> str:
     except OSError:
         pass
     value = file_sha256(path)
+    _write_cache(cached, value)
+    return value
+
+
+def folder_listing(folder: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every regular file under `folder`, sorted; hidden
+    files and folders (a leading dot) are left out, as the image-folder loader leaves them."""
+    found: list[tuple[str, int, int]] = []
+    stack, seen = [folder], {folder.resolve()}
+    while stack:
+        current = stack.pop()
+        with os.scandir(current) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=True):
+                    real = Path(entry.path).resolve()
+                    if real not in seen:  # a link back up the tree is walked once
+                        seen.add(real)
+                        stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=True):
+                    info = entry.stat(follow_symlinks=True)
+                    rel = Path(entry.path).relative_to(folder).as_posix()
+                    found.append((rel, info.st_size, info.st_mtime_ns))
+    return sorted(found)
+
+
+_FOLDER_MEMO: dict[Path, str] = {}  # folder -> fingerprint, for one job (forget_folders)
+
+
+def forget_folders() -> None:
+    """Walk data folders again at the next fingerprint (called as each job starts)."""
+    _FOLDER_MEMO.clear()
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 of a folder's file names and contents, cached on disk by its listing (names,
+    sizes, mtimes): a rerun costs one walk of the folder (about 30 us a file here); a
+    changed, added or removed file, a full hash (which also makes a copy of the folder,
+    whose mtimes differ, keep its keys). Within a job the folder is walked once."""
+    memo = _FOLDER_MEMO.get(folder.resolve())
+    if memo is not None:
+        return memo
+    _FOLDER_MEMO[folder.resolve()] = value = _folder_fingerprint(folder)
+    return value
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    listing = folder_listing(folder)
+    ident = hashlib.sha256(f"{folder.resolve()}\0{listing}".encode()).hexdigest()[:32]
+    cached = _cache_dir() / f"folder-{ident}"
+    try:
+        return cached.read_text().strip()
+    except OSError:
+        pass
+    digest = hashlib.sha256()
+    for rel, _size, _mtime in listing:
+        digest.update(rel.encode() + b"\0" + file_sha256(folder / rel).encode() + b"\0")
+    value = digest.hexdigest()
+    _write_cache(cached, value)
+    return value
+
+
+def _write_cache(cached: Path, value: str) -> None:
     try:  # a cache only: a read-only home is no reason to fail
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}")
@@ -90,23 +156,30 @@ def file_fingerprint(path: Path) -> str:
         os.replace(tmp, cached)
     except OSError:
         pass
-    return value
 
 
-def data_fingerprint(dataset: DictConfig) -> str:
-    """Fingerprint (16 hex) of `dataset.path`'s content (a file, or a folder's regular files);
-    `builtin` for a dataset read from a package or generated from its config."""
-    path = dataset.get("path")
-    if not path:
-        return "builtin"
-    path = Path(str(path)).expanduser()
+def path_fingerprint(path: Path) -> str:
+    """Fingerprint (16 hex) of a file's or folder's content; `missing` if it is neither."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        parts = [f"{p.relative_to(path).as_posix()}={file_fingerprint(p)}" for p in files]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        return folder_fingerprint(path)[:16]
     if path.is_file():
         return file_fingerprint(path)[:16]
     return "missing"
+
+
+def data_fingerprint(dataset: DictConfig) -> str:
+    """Fingerprint (16 hex) of `dataset.path`'s content (a file, or a folder's regular files)
+    and of `dataset.test_path`'s if given; `builtin` for a dataset read from a package,
+    keras' cache or generated from its config."""
+    path = dataset.get("path")
+    if not path:
+        return "builtin"
+    found = path_fingerprint(Path(str(path)).expanduser())
+    test_path = dataset.get("test_path")
+    if not test_path:
+        return found
+    tested = path_fingerprint(Path(str(test_path)).expanduser())
+    return hashlib.sha256(f"{found}\0{tested}".encode()).hexdigest()[:16]
 
 
 def _plain(node: Any) -> Any:
@@ -114,7 +187,7 @@ def _plain(node: Any) -> Any:
 
 
 def _dataset_parts(cfg: DictConfig) -> dict[str, Any]:
-    parts = {k: v for k, v in _plain(cfg.dataset).items() if k != "path"}
+    parts = {k: v for k, v in _plain(cfg.dataset).items() if k not in DATA_LOCATIONS}
     parts["content"] = data_fingerprint(cfg.dataset)
     return parts
 

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import tensorflow as tf
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +23,7 @@ from avlsi.keys import (
     baseline_key,
     code_fingerprint,
     data_fingerprint,
+    forget_folders,
     git_commit,
     group_key,
     job_key,
@@ -31,12 +31,19 @@ from avlsi.keys import (
 )
 from avlsi.metrics import relative_metrics, size_metrics
 from avlsi.models import build_model
-from avlsi.select import check_something_goes, prunable_layers, select_units
 from avlsi.store import ModelStore
+from avlsi.targets import (
+    Targets,
+    check_something_goes,
+    describe,
+    prune_targets,
+    select_group_units,
+)
 
 log = logging.getLogger(__name__)
 
 BASELINES, PRUNED = "baselines", "pruned"
+EQUIVALENCE_TOLERANCE = 1e-4  # relative; float32 sums in another order differ by ~1e-7
 
 
 def _command(cfg: DictConfig, stage: str) -> str:
@@ -145,40 +152,36 @@ class Job:
             self.store.put(BASELINES, key, model, {"metrics": self.metrics})
             return model
 
-    def check_prunable(self, model) -> list:
+    def check_prunable(self, model) -> Targets | None:
+        """What the criterion will prune; a layer or model it cannot prune fails here."""
         if "prune" not in self.steps or not self.cfg.criterion.prunes:
-            return []
-        layers = prunable_layers(model, self.cfg.criterion)
-        check_something_goes(layers, self.cfg.criterion, self.cfg.psize)
-        return layers
+            return None
+        targets = prune_targets(model, self.cfg.criterion)
+        check_something_goes(targets, self.cfg.criterion, self.cfg.psize)
+        return targets
 
     def prune(self, model):
         """Score, select and remove units (or zero weights); store the result."""
         cfg = self.cfg
-        layers = self.check_prunable(model)
+        targets = self.check_prunable(model)
         criterion = cfg.criterion
         masked: list[str] = []
         if not criterion.prunes:
             heading("no pruning (criterion=none): the baseline goes on to fine-tuning")
             pruned = _copy(model)
         elif criterion.structured:
-            heading(f"scoring units with {criterion.name} ({len(layers)} layers)")
-            context = self.scoring_context()
-            scores = get_scorer(criterion)(model, layers, context)
-            units = select_units(
-                scores, criterion.scope, cfg.psize, criterion.normalize, criterion.min_units
-            )
-            mlflow.log_dict({k: v for k, v in units.items()}, "pruned_units.json")
+            heading(f"scoring units with {criterion.name}: {describe(targets)}")
+            scores = get_scorer(criterion)(model, targets.layers, self.scoring_context())
+            units = select_group_units(scores, targets, criterion, cfg.psize)
+            mlflow.log_dict(units, "pruned_units.json")
             removed = sum(len(v) for v in units.values())
             heading(f"surgery: removing {removed} units from {len(units)} layers")
-            from avlsi.surgery import delete_units
-
-            pruned = delete_units(model, units)
+            pruned = self.surgery(model, units)
         else:
-            heading(f"zeroing weights by magnitude ({len(layers)} layers)")
+            heading(f"zeroing weights by magnitude ({len(targets.layers)} layers)")
             pruned = _copy(model)
             masks = masking.magnitude_masks(
-                [pruned.get_layer(lyr.name) for lyr in layers],
+                [pruned.get_layer(lyr.name) for lyr in targets.layers],
                 criterion.scope,
                 cfg.psize,
                 criterion.threshold,
@@ -193,11 +196,27 @@ class Job:
         self.store.put(PRUNED, pruned_key(cfg), pruned, meta)
         return pruned, masked
 
+    def surgery(self, model, units: dict[str, list[int]]):
+        """Remove the units, then prove it: the pruned model must compute what the original
+        computes with the removed channels' outgoing weights zeroed (else SurgeryError)."""
+        from avlsi.graph import equivalence_error
+        from avlsi.surgery import SurgeryError, delete_units
+
+        pruned = delete_units(model, units)
+        error = equivalence_error(model, pruned, units, samples=2, seed=self.cfg.seed)
+        self.log({"pruned.equivalence_error": error})
+        if not error <= EQUIVALENCE_TOLERANCE:
+            raise SurgeryError(
+                f"the pruned model does not compute what the original does without the "
+                f"removed units (relative difference {error:.2g}); please report this model"
+            )
+        return pruned
+
     def scoring_context(self) -> ScoringContext:
-        x, y = self.data.x_train, self.data.y_train
-        count = min(self.cfg.criterion.samples, len(x))
-        pick = np.sort(np.random.default_rng(self.cfg.seed).choice(len(x), count, replace=False))
-        return ScoringContext(x=x[pick], y=y[pick], seed=self.cfg.seed)
+        """`criterion.samples` training images (decoded from the stream for streamed data),
+        the same for the same seed."""
+        x, y = self.data.sample(self.cfg.criterion.samples, self.cfg.seed)
+        return ScoringContext(x=x, y=y, seed=self.cfg.seed)
 
     def load_pruned(self):
         path, meta = self.store.get(PRUNED, pruned_key(self.cfg))
@@ -280,7 +299,9 @@ def run_name(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> 
         for o in overrides
         if o.lstrip("+~").startswith(("model.", "dataset.", "train.", "finetune.", "criterion."))
         and not o.lstrip("+~").startswith(shown)
-        and not o.lstrip("+~").startswith("dataset.path")
+        and not o.lstrip("+~").startswith(
+            ("dataset.path", "dataset.test_path", "dataset.cache_dir")
+        )
     )
     if hashed:
         parts.append(hashlib.sha256("\n".join(hashed).encode()).hexdigest()[:6])
@@ -302,6 +323,7 @@ def run_job(
     is a child of that (sweep) run.
     """
     check_config(cfg)
+    forget_folders()  # a data folder is walked once per job (keys.folder_fingerprint)
     key = job_key(cfg)
     if skip_finished:
         done = record.find_finished(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, key)

@@ -423,15 +423,15 @@ def log_config(cfg: DictConfig, choices: dict[str, str], output_dir: Path) -> No
     mlflow.log_artifact(str(config_file))
 
 
+SPLIT_CONTEXTS = {"train": "train", "validation": "val", "test": "test"}  # MLflow: Dataset
+
+
 def log_dataset(data, name: str, digest: str) -> None:
-    """The dataset as MLflow inputs, one per split (train / validation / test), with sizes."""
+    """The dataset as MLflow inputs, one per split (train / validation / test), with sizes
+    (for a streamed dataset, the arrays are its image files' paths)."""
     from mlflow.data import from_numpy
 
-    splits = {
-        "train": (data.x_train, data.y_train),
-        "validation": (data.x_val, data.y_val),
-        "test": (data.x_test, data.y_test),
-    }
+    splits = {context: data.arrays(split) for context, split in SPLIT_CONTEXTS.items()}
     for context, (x, y) in splits.items():
         if y is None or not len(y):
             continue

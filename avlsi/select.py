@@ -1,8 +1,8 @@
-"""Which layers may lose units, and which units go: scores + scope + psize -> indices.
+"""Which units go: scores + scope + psize -> indices (what may be pruned: avlsi.targets).
 
 Rules: the lowest scores go first (ties: the lower index first, earlier layer first);
-`layerwise` and `global` never touch the first conv layer or the output layer; a layer
-never goes below `criterion.min_units` units (default 1: no layer loses all its units).
+a layer never goes below `criterion.min_units` units (default 1: no layer loses all its
+units).
 `psize x units` is rounded half up exactly, on the decimal psize the user typed.
 """
 
@@ -13,9 +13,6 @@ from decimal import ROUND_HALF_UP, Decimal
 import numpy as np
 
 from avlsi.errors import UserError
-from avlsi.models import OUTPUT_LAYER
-
-PRUNABLE_TYPES = ("Conv2D", "Dense")
 
 
 def share_of(psize: float, count: int) -> int:
@@ -32,17 +29,6 @@ def n_to_remove(psize: float, n_units: int, min_units: int = 1) -> int:
     return max(0, min(n_units - min_units, share_of(psize, n_units)))
 
 
-def _units(layer) -> int:
-    return int(layer.get_weights()[0].shape[-1])
-
-
-def candidate_layers(model, scope: str) -> list:
-    """Conv2D / Dense layers that `layerwise` / `global` may prune."""
-    found = [layer for layer in model.layers if type(layer).__name__ in PRUNABLE_TYPES]
-    first_conv = next((lyr for lyr in found if type(lyr).__name__ == "Conv2D"), None)
-    return [lyr for lyr in found if lyr is not first_conv and lyr.name != OUTPUT_LAYER]
-
-
 def accepted_layer_types(criterion) -> list[str]:
     """The layer types the criterion takes in its scope; UserError if it takes none."""
     scope = str(getattr(criterion.scope, "value", criterion.scope))
@@ -53,47 +39,6 @@ def accepted_layer_types(criterion) -> list[str]:
             f"choose one of: {', '.join(accepted)}"
         )
     return accepted[scope]
-
-
-def prunable_layers(model, criterion) -> list:
-    """The layers `criterion` will score, after checking its scope and layer types."""
-    scope = str(getattr(criterion.scope, "value", criterion.scope))
-    types = accepted_layer_types(criterion)
-    if scope != "layer":
-        layers = [lyr for lyr in candidate_layers(model, scope) if type(lyr).__name__ in types]
-        if not layers:
-            raise UserError(
-                f"criterion={criterion.name} with scope={scope} found no {'/'.join(types)} "
-                f"layer to prune in model={model.name}"
-            )
-        return layers
-    names = [lyr.name for lyr in model.layers if type(lyr).__name__ in PRUNABLE_TYPES]
-    names = [name for name in names if name != OUTPUT_LAYER]
-    if not criterion.layer:
-        raise UserError(
-            f"criterion.scope=layer needs criterion.layer=NAME; model={model.name} has: "
-            f"{', '.join(names)}"
-        )
-    try:
-        layer = model.get_layer(criterion.layer)
-    except ValueError:
-        raise UserError(
-            f"model={model.name} has no layer '{criterion.layer}'; prunable layers: "
-            f"{', '.join(names)}"
-        ) from None
-    kind = type(layer).__name__
-    if layer.name == OUTPUT_LAYER:
-        raise UserError(
-            f"the output layer cannot be pruned (its units are the classes); choose one of: "
-            f"{', '.join(names)}"
-        )
-    if kind not in types:
-        raise UserError(
-            f"criterion={criterion.name} with scope=layer cannot prune {layer.name} ({kind}); "
-            f"it takes {'/'.join(types)} layers: "
-            f"{', '.join(n for n in names if type(model.get_layer(n)).__name__ in types)}"
-        )
-    return [layer]
 
 
 def _scale(how: str, scores: np.ndarray) -> float:
@@ -175,22 +120,3 @@ def select_units(
     for pos in lowest_within_caps(flat, owner, caps, share_of(psize, len(flat))):
         chosen[names[owner[pos]]].append(int(index[pos]))
     return {name: sorted(idx) for name, idx in chosen.items()}
-
-
-def check_something_goes(layers: list, criterion, psize: float | None) -> None:
-    """Refuse a psize so small that no unit (or, unstructured, no weight) of any layer goes."""
-    if psize is None or not getattr(criterion, "prunes", True) or criterion.threshold is not None:
-        return
-    scope = str(getattr(criterion.scope, "value", criterion.scope))
-    what = "unit" if criterion.structured else "weight"
-    sizes = [_units(lyr) if criterion.structured else lyr.get_weights()[0].size for lyr in layers]
-    if not sizes:
-        return
-    pool = sum(sizes) if scope == "global" else max(sizes)
-    goes = share_of(psize, pool)  # the largest share any layer (or all, global) gives up
-    if goes == 0:
-        where = "all prunable layers together" if scope == "global" else "the largest layer"
-        raise UserError(
-            f"psize={psize} removes no {what} of any layer: {where} has {pool:,} {what}s and "
-            f"round(psize x {pool:,}) = 0; pass psize of at least {0.5 / pool:.2g}"
-        )

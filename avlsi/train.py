@@ -40,15 +40,15 @@ def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: st
     if cfg.epochs <= 0:
         return None
     guard = StopOnNonFiniteLoss(phase)
-    history = model.fit(
-        data.x_train,
-        data.y_train,
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        shuffle=True,
-        callbacks=[guard, *callbacks],
-        verbose=default_verbosity() if verbose is None else verbose,
-    )
+    try:  # arrays as Keras takes them, or a streamed tf.data.Dataset (data.keras_inputs)
+        history = model.fit(
+            **data.keras_inputs("train", cfg.batch_size, shuffle=True),
+            epochs=cfg.epochs,
+            callbacks=[guard, *callbacks],
+            verbose=default_verbosity() if verbose is None else verbose,
+        )
+    except tf.errors.InvalidArgumentError as exc:  # e.g. an image file that does not decode
+        raise data.read_error(exc, "train") from None
     guard.check()
     return history
 
@@ -57,8 +57,10 @@ def evaluate(model, data, batch_size: int = 512, split: str = "test") -> float:
     """Accuracy in [0, 1] on the test (or `split="val"`: validation) set."""
     if not model.compiled_loss:
         compile_model(model, 1e-3)
-    x, y = (data.x_val, data.y_val) if split == "val" else (data.x_test, data.y_test)
-    _, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
+    try:
+        _, accuracy = model.evaluate(**data.keras_inputs(split, batch_size), verbose=0)
+    except tf.errors.InvalidArgumentError as exc:
+        raise data.read_error(exc, split) from None
     return float(accuracy)
 
 

@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 from avlsi import masking, train  # noqa: E402
 from avlsi.data.mnist import load  # noqa: E402
 from avlsi.models.stack import build  # noqa: E402
-from avlsi.select import candidate_layers  # noqa: E402
+from avlsi.targets import prune_targets  # noqa: E402
 
 DNN = SimpleNamespace(
     name="dnn",
@@ -144,7 +144,14 @@ def main() -> None:
         f"{time.perf_counter() - start:.0f} s; {len(data.x_test)} test images; "
         f"psize {args.psize}, {args.finetune_epochs} fine-tune epochs, lr {args.finetune_lr}"
     )
-    names = [lyr.name for lyr in candidate_layers(baseline, "layerwise")]
+    magnitude = SimpleNamespace(
+        name="magnitude",
+        structured=False,
+        scope="layerwise",
+        layer=None,
+        layer_types={"layerwise": ["Dense", "Conv2D"]},
+    )
+    names = [lyr.name for lyr in prune_targets(baseline, magnitude).layers]
     rows = [("baseline", train.evaluate(baseline, data), sparsity(baseline, names), None, None)]
 
     steps = args.finetune_epochs * -(-len(data.x_train) // args.batch_size)

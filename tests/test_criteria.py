@@ -21,17 +21,21 @@ from avlsi.select import (
     lowest_within_caps,
     n_to_remove,
     normalise,
-    prunable_layers,
     select_units,
     share_of,
 )
 from avlsi.surgery import delete_units
+from avlsi.targets import prune_targets
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 layers = tf.keras.layers
 register()
 
 DATA_CRITERIA = ("mean_activation", "grad_activation", "gradient", "apoz", "taylor")
+
+
+def prunable_layers(model, criterion) -> list:
+    return prune_targets(model, criterion).layers
 
 
 def criterion_cfg(name: str, *overrides: str):
@@ -451,8 +455,12 @@ def test_scope_layer_takes_the_first_conv():
     [
         ("gradient", ["criterion.scope=global"], r"criterion=gradient.*scope=global"),
         ("taylor", ["criterion.scope=layer"], r"needs criterion.layer=NAME"),
-        ("taylor", ["criterion.scope=layer", "criterion.layer=output"], r"output layer"),
-        ("apoz", ["criterion.scope=layer", "criterion.layer=pool0"], r"cannot prune pool0"),
+        ("taylor", ["criterion.scope=layer", "criterion.layer=output"], r"output cannot be pruned"),
+        (
+            "apoz",
+            ["criterion.scope=layer", "criterion.layer=pool0"],
+            r"pool0 \(MaxPooling2D\) has no units",
+        ),
         ("apoz", ["criterion.scope=layer", "criterion.layer=nope"], r"no layer 'nope'"),
         (
             "mean_activation",

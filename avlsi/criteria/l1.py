@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from avlsi.units import unit_kernel
+
 
 def l1_norm(kernel: np.ndarray) -> np.ndarray:
     """Sum of |w| over every axis but the last (the unit axis)."""
@@ -11,4 +13,4 @@ def l1_norm(kernel: np.ndarray) -> np.ndarray:
 
 
 def score(model, layers, context) -> dict[str, np.ndarray]:
-    return {layer.name: l1_norm(layer.get_weights()[0]) for layer in layers}
+    return {layer.name: l1_norm(unit_kernel(layer)) for layer in layers}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from avlsi.units import unit_count
+
 
 def score(model, layers, context) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(context.seed)
-    return {layer.name: rng.random(layer.get_weights()[0].shape[-1]) for layer in layers}
+    return {layer.name: rng.random(unit_count(layer)) for layer in layers}

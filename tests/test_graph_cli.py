@@ -1,0 +1,88 @@
+"""Real graphs through the whole job: residual, concatenating and depthwise models a user
+brings as builder functions, pruned with the equivalence check of every surgery."""
+
+import textwrap
+
+import pytest
+
+USER_MODELS = textwrap.dedent(
+    '''
+    import tensorflow as tf
+
+    L = tf.keras.layers
+
+
+    def residual(input_shape, num_classes, width=8):
+        inputs = tf.keras.Input(input_shape)
+        stem = L.Conv2D(width, 3, padding="same", activation="relu")(inputs)
+        x = L.Conv2D(width, 3, padding="same")(stem)
+        x = L.BatchNormalization()(x)
+        x = L.ReLU()(x)
+        x = L.Conv2D(width, 3, padding="same")(x)
+        x = L.Add()([stem, x])  # identity shortcut
+        y = L.Conv2D(2 * width, 3, strides=2, padding="same", activation="relu")(x)
+        y = L.Conv2D(2 * width, 3, padding="same")(y)
+        x = L.Add()([L.Conv2D(2 * width, 1, strides=2)(x), y])  # projection shortcut
+        x = L.GlobalAveragePooling2D()(L.ReLU()(x))
+        return tf.keras.Model(inputs, L.Dense(num_classes)(x))  # logits
+
+
+    def concat(input_shape, num_classes, width=6):
+        inputs = tf.keras.Input(input_shape)
+        x = L.Conv2D(width, 3, padding="same", activation="relu")(inputs)
+        for _ in range(2):  # DenseNet-style: each block's output is concatenated
+            y = L.Conv2D(width, 3, padding="same", activation="relu")(x)
+            x = L.Concatenate()([x, y])
+        x = L.Conv2D(width, 1, activation="relu")(x)
+        x = L.Flatten()(L.MaxPooling2D()(x))
+        return tf.keras.Model(inputs, L.Dense(num_classes, activation="softmax")(x))
+
+
+    def depthwise(input_shape, num_classes, width=8):
+        inputs = tf.keras.Input(input_shape)
+        x = L.Conv2D(width, 3, padding="same", use_bias=False)(inputs)
+        x = L.ReLU(6.0)(L.BatchNormalization()(x))
+        for _ in range(2):  # MobileNet blocks: depthwise follows its input's channels
+            x = L.Conv2D(2 * width, 1, use_bias=False)(x)
+            x = L.ReLU(6.0)(L.BatchNormalization()(x))
+            x = L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+            x = L.ReLU(6.0)(L.BatchNormalization()(x))
+        x = L.SeparableConv2D(width, 3, padding="same", activation="relu")(x)
+        x = L.GlobalAveragePooling2D()(x)
+        return tf.keras.Model(inputs, L.Dense(num_classes, activation="softmax")(x))
+    '''
+)
+
+DATA = [
+    "dataset=synthetic",
+    "dataset.shape=[12,12,3]",
+    "dataset.train_size=64",
+    "dataset.test_size=32",
+    "train.epochs=1",
+    "finetune.epochs=1",
+    "train.batch_size=32",
+    "finetune.batch_size=32",
+    "criterion.samples=16",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("builder", ["residual", "concat", "depthwise"])
+def test_user_graphs_prune_correctly_through_the_cli(cli, builder):
+    (cli.tmp / "user_models.py").write_text(USER_MODELS)
+    proc = cli(
+        "model=builder",
+        f"model._target_=user_models.{builder}",
+        "criterion=taylor",
+        "psize=0.5",
+        *DATA,
+        tiny=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = cli.runs()
+    metrics = run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert metrics["pruned.equivalence_error"] <= 1e-5
+    assert metrics["pruned.params"] < metrics["baseline.params"]
+    assert metrics["pruned.macs"] < metrics["baseline.macs"]
+    assert "finetuned.test_accuracy" in metrics
