@@ -1,79 +1,23 @@
 """avlsi.metrics: multiply-adds by hand for each layer kind, and against TensorFlow's profiler."""
 
+import importlib.util
 import logging
-from unittest import mock
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT
 
 from avlsi.metrics import count_macs, macs_coverage, macs_report, size_metrics
 
+spec = importlib.util.spec_from_file_location("macs_profiler", ROOT / "benchmarks/macs_profiler.py")
+macs_profiler = sys.modules["macs_profiler"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(macs_profiler)
+comparable_macs, PER_ELEMENT = macs_profiler.comparable_macs, macs_profiler.PER_ELEMENT
+
 keras = tf.keras
 L = keras.layers
-
-# Op types whose profiler flops are weight x activation products (2 flops per multiply-add);
-# the profiler also counts BiasAdd, AddV2, Mean, pooling, Softmax..., which have no weights
-# and which the counter leaves out, and nothing for FusedBatchNormV3 (which it counts).
-PRODUCT_OPS = {
-    "Conv2D",
-    "Conv3D",
-    "DepthwiseConv2dNative",
-    "Conv2DBackpropInput",
-    "MatMul",
-    "BatchMatMul",
-    "BatchMatMulV2",
-    "BatchMatMulV3",
-}
-PER_ELEMENT = (L.BatchNormalization, L.LayerNormalization, L.Normalization, L.PReLU)
-
-
-def profiler_flops(model) -> dict[str, int]:
-    """Float ops per op type of the model's inference graph, by tf.compat.v1.profiler.
-
-    The recipe on TF 2.21 + tf-keras: trace `model(x, training=False)` for a batch of one as a
-    concrete function, freeze its variables into constants (the profiler needs fully known
-    shapes and no variable reads), profile the graph with `cmd="op"`. The "op" view comes back
-    as a chain of op types, each node holding its own type's `float_ops`.
-    """
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-    from tf_keras.src.layers.convolutional.base_conv import Conv
-
-    specs = [tf.TensorSpec((1, *t.shape[1:]), t.dtype) for t in model.inputs]
-    call = tf.function(lambda *x: model(list(x), training=False))
-    # tf-keras runs a grouped convolution as an XLA-compiled function call, inside which the
-    # profiler sees no shapes (nor any that follow): trace the same convolution op unwrapped.
-    with mock.patch.object(Conv, "_jit_compiled_convolution_op", Conv.convolution_op):
-        concrete = call.get_concrete_function(*specs)
-    graph = convert_variables_to_constants_v2(concrete).graph
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    node = tf.compat.v1.profiler.profile(graph=graph, cmd="op", options=options)
-    flops = {}
-    while node.children:
-        node = node.children[0]
-        flops[node.name] = int(node.float_ops)
-    return flops
-
-
-def layer_at(model, path: str):
-    for name in path.split("::"):
-        model = model.get_layer(name)
-    return model
-
-
-def comparable_macs(model) -> tuple[int, int]:
-    """(the counter's MACs without per-element layers, the profiler's product flops / 2)."""
-    report = macs_report(model)
-    ours = sum(
-        macs
-        for path, macs in report.by_layer.items()
-        if not isinstance(layer_at(model, path), PER_ELEMENT)
-    )
-    flops = profiler_flops(model)
-    return ours, sum(v for k, v in flops.items() if k in PRODUCT_OPS) // 2
 
 
 def mixed_2d_model():
