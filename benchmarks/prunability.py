@@ -38,7 +38,8 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads (avlsi does too)
@@ -79,6 +80,7 @@ class Row:
     macs: int = 0
     macs_after: int = 0
     coverage: float = 0.0
+    refusals: dict[str, int] = field(default_factory=dict)  # why groups are not prunable
     equivalence: float = float("nan")
     reloaded: bool = False
     error: str = ""
@@ -214,6 +216,7 @@ def measure(name: str, size: int = 96, psize: float = 0.3, **kwargs) -> Row:
         groups = pruning_groups(model)
         row.groups, row.prunable = len(groups), sum(g.prunable for g in groups)
         row.prunable_params = member_params(model, groups) / max(1, row.params)
+        row.refusals = dict(Counter(g.reason for g in groups if not g.prunable))
         step = "prune"
         with contextlib.redirect_stdout(io.StringIO()):  # kerassurgeon prints every layer
             targets, units, pruned = prune_l1(model, psize)
@@ -268,8 +271,11 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         if r.note:
             lines.append(f"- {r.model}: {r.note}")
+        if r.refusals:
+            reasons = "; ".join(f"{n} x {why}" for why, n in r.refusals.items())
+            lines.append(f"- {r.model}: groups not prunable: {reasons}")
         if r.error:
-            lines.append(f"- {r.model} failed at {r.error}")
+            lines.append(f"- {r.model} failed at {' '.join(r.error.split())}")
     return "\n".join(lines)
 
 
