@@ -272,8 +272,12 @@ def table(rows: list[Row]) -> str:
         if r.note:
             lines.append(f"- {r.model}: {r.note}")
         if r.refusals:
-            reasons = "; ".join(f"{n} x {why}" for why, n in r.refusals.items())
-            lines.append(f"- {r.model}: groups not prunable: {reasons}")
+            outputs = [why for why in r.refusals if "model's outputs" in why]
+            reasons = [why for why in r.refusals if why not in outputs][:2] or outputs
+            lines.append(
+                f"- {r.model}: {sum(r.refusals.values())} groups not prunable, e.g. "
+                + "; ".join(reasons)
+            )
         if r.error:
             lines.append(f"- {r.model} failed at {' '.join(r.error.split())}")
     return "\n".join(lines)
