@@ -1,8 +1,40 @@
-"""Size and cost of a model: parameters, non-zero parameters, multiply-adds."""
+"""Size and cost of a model: parameters, non-zero parameters, multiply-adds.
+
+Multiply-adds (MACs) of one forward pass for one input, per call of every layer with weights;
+the conventions, checked against TensorFlow's profiler in tests/test_metrics.py:
+
+- Conv1D/2D/3D: output positions x kernel size (`prod(kernel.shape)`, whose input-channel
+  axis is already `cin / groups`: groups divide once). Dilation changes nothing per output.
+- DepthwiseConv1D/2D: output positions x kh x kw x cin x depth_multiplier.
+- SeparableConv1D/2D: the depthwise part plus the pointwise part (1x1, cin x dm -> cout), both
+  at the output positions.
+- Conv1D/2D/3DTranspose: INPUT positions x kernel size: every input value is multiplied by the
+  whole kernel (kh x kw x cout per input channel) and scattered into the output, including the
+  products that `padding="same"` later crops. The profiler's `Conv2DBackpropInput` formula
+  (output positions / stride product x kernel size) gives the same number for `same` padding
+  and a larger one for `valid` padding with kernel > stride.
+- Dense: cin x cout per position of an N-d input (a (batch, t, cin) input costs t x cin x cout).
+- BatchNormalization, LayerNormalization, GroupNormalization, Normalization, PReLU and
+  keras.applications' ConvNeXt LayerScale: one multiply-add per output element (the affine
+  form x * a + b used at inference; the statistics of Layer/GroupNormalization are not
+  counted). Folding a BatchNormalization into the preceding conv would remove it; the profiler
+  counts nothing for `FusedBatchNormV3`, so the comparison leaves these out.
+- Embedding: 0 (a lookup). Bias adds are not counted (the profiler counts `BiasAdd` apart,
+  one flop per output element); nor are activations, pooling or merges (no weights).
+- A nested model is counted layer by layer at the shapes of each call; a layer called several
+  times counts once per call. Any other layer with weights (LSTM, EinsumDense, a custom layer,
+  a subclassed model) is named in a warning and counts 0; `macs_coverage` is the fraction of
+  the model's parameters that sit in counted layers, so 1.0 means every weight was counted.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def count_params(model) -> int:
@@ -15,29 +47,181 @@ def count_nonzero_params(model) -> int:
     return int(sum(np.count_nonzero(w) for w in model.get_weights()))
 
 
-def _layer_macs(layer) -> int:
-    kind = type(layer).__name__
-    if kind == "Conv2D":
-        kh, kw, cin, cout = layer.kernel.shape
-        _, h, w, _ = layer.output.shape
-        return int(h * w * kh * kw * cin * cout // max(1, layer.groups))
-    if kind == "Dense":
-        cin, cout = layer.kernel.shape
-        return int(cin * cout)
+def _size(shape) -> int:
+    return int(np.prod([int(d) for d in shape], dtype=np.int64))
+
+
+def _spatial(layer, shape) -> int:
+    """Positions of a conv's input or output shape (batch and channel axes left out)."""
+    dims = shape[2:] if getattr(layer, "data_format", None) == "channels_first" else shape[1:-1]
+    return _size(dims)
+
+
+def _separable(layer, i, o) -> int:
+    pointwise = _size(layer.pointwise_kernel.shape)
+    return _spatial(layer, o) * (_size(layer.depthwise_kernel.shape) + pointwise)
+
+
+def _depthwise(layer, i, o) -> int:
+    return _spatial(layer, o) * _size(layer.depthwise_kernel.shape)
+
+
+def _transposed(layer, i, o) -> int:
+    return _spatial(layer, i) * _size(layer.kernel.shape)
+
+
+def _conv(layer, i, o) -> int:
+    return _spatial(layer, o) * _size(layer.kernel.shape)
+
+
+def _dense(layer, i, o) -> int:
+    return _size(i[1:-1]) * _size(layer.kernel.shape)
+
+
+def _per_element(layer, i, o) -> int:
+    return _size(o[1:])
+
+
+def _lookup(layer, i, o) -> int:
     return 0
 
 
+def _layer_kinds():
+    """(layer classes, macs(layer, input shape, output shape)), most specific first."""
+    import tf_keras as keras
+
+    L = keras.layers
+    affine = [L.BatchNormalization, L.LayerNormalization, L.GroupNormalization]
+    affine += [L.Normalization, L.PReLU]
+    try:  # keras.applications' ConvNeXt scales every channel by a learned gamma
+        from tf_keras.src.applications.convnext import LayerScale
+
+        affine.append(LayerScale)
+    except ImportError:  # pragma: no cover - a tf-keras without ConvNeXt
+        pass
+    return [
+        ((L.SeparableConv1D, L.SeparableConv2D), _separable),
+        ((L.DepthwiseConv1D, L.DepthwiseConv2D), _depthwise),
+        ((L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose), _transposed),
+        ((L.Conv1D, L.Conv2D, L.Conv3D), _conv),
+        (L.Dense, _dense),
+        (tuple(affine), _per_element),
+        (L.Embedding, _lookup),
+    ]
+
+
+@dataclass
+class MacsCount:
+    """Multiply-adds of a model: in total, per layer (all its calls), and what was not counted.
+
+    `by_layer` and `uncounted` are keyed by layer name, `outer::inner` inside nested models;
+    `uncounted` maps each layer with weights that the counter does not know to its parameters.
+    """
+
+    total: int = 0
+    params: int = 0
+    by_layer: dict[str, int] = field(default_factory=dict)
+    uncounted: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the parameters in counted layers (1.0 for a model without weights)."""
+        if not self.params:
+            return 1.0
+        return 1.0 - sum(self.uncounted.values()) / self.params
+
+
+def _first(shapes):
+    """The single shape of a node's input or output (the first of several)."""
+    if isinstance(shapes, list | tuple) and shapes and not isinstance(shapes[0], int | None):
+        return tuple(shapes[0])
+    return tuple(shapes)
+
+
+def _calls(model):
+    """(layer, input shape, output shape) for every call of a layer inside `model`'s graph."""
+    from tf_keras.src.engine.functional import _make_node_key
+
+    for layer in model.layers:
+        for index, node in enumerate(layer._inbound_nodes):
+            if _make_node_key(layer.name, index) in model._network_nodes:
+                yield layer, _first(node.input_shapes), _first(node.output_shapes)
+
+
+def _at_shape(inner, shape):
+    """`inner`, or a copy of it built for `shape` when its own graph leaves sizes undefined."""
+    import tf_keras as keras
+
+    if not getattr(inner, "_is_graph_network", False) or len(inner.inputs) != 1:
+        return inner
+    if None not in tuple(inner.inputs[0].shape)[1:] or None in shape[1:]:
+        return inner
+    return keras.models.clone_model(inner, input_tensors=keras.Input(batch_shape=shape))
+
+
+def _count(model, kinds, out: MacsCount, prefix: str, seen: set[int]) -> None:
+    import tf_keras as keras
+
+    if not getattr(model, "_is_graph_network", False):
+        out.uncounted[prefix.removesuffix("::") or model.name] = model.count_params()
+        return
+    for layer, in_shape, out_shape in _calls(model):
+        name = prefix + layer.name
+        first_visit = id(layer) not in seen
+        seen.add(id(layer))
+        if isinstance(layer, keras.Model):
+            inner = MacsCount()
+            _count(_at_shape(layer, in_shape), kinds, inner, name + "::", set() | seen)
+            out.total += inner.total
+            for key, value in inner.by_layer.items():
+                out.by_layer[key] = out.by_layer.get(key, 0) + value
+            if first_visit:
+                out.uncounted.update(inner.uncounted)
+            continue
+        if not layer.weights:
+            continue
+        rule = next((macs for classes, macs in kinds if isinstance(layer, classes)), None)
+        if rule is None:
+            if first_visit:
+                out.uncounted[name] = layer.count_params()
+            continue
+        macs = int(rule(layer, in_shape, out_shape))
+        out.total += macs
+        out.by_layer[name] = out.by_layer.get(name, 0) + macs
+
+
+def macs_report(model) -> MacsCount:
+    """Count `model`'s multiply-adds (see the module's conventions); warn about what is not."""
+    out = MacsCount(params=count_params(model))
+    _count(model, _layer_kinds(), out, "", set())
+    for name, params in out.uncounted.items():
+        log.warning(
+            "multiply-adds: layer '%s' (%s parameters) is of a kind the counter does not know; "
+            "it counts 0 and lowers macs_coverage",
+            name,
+            f"{params:,}",
+        )
+    return out
+
+
 def count_macs(model) -> int:
-    """Multiply-adds of one forward pass for one input (Conv2D and Dense layers)."""
-    return int(sum(_layer_macs(layer) for layer in model.layers))
+    """Multiply-adds of one forward pass for one input (see the module's conventions)."""
+    return macs_report(model).total
+
+
+def macs_coverage(model) -> float:
+    """Fraction of `model`'s parameters in layers whose multiply-adds are counted."""
+    return macs_report(model).coverage
 
 
 def size_metrics(model, prefix: str) -> dict[str, float]:
-    """`{prefix}.params`, `{prefix}.nonzero_params` and `{prefix}.macs` of a model."""
+    """`{prefix}.params`, `.nonzero_params`, `.macs` and `.macs_coverage` of a model."""
+    macs = macs_report(model)
     return {
         f"{prefix}.params": count_params(model),
         f"{prefix}.nonzero_params": count_nonzero_params(model),
-        f"{prefix}.macs": count_macs(model),
+        f"{prefix}.macs": macs.total,
+        f"{prefix}.macs_coverage": macs.coverage,
     }
 
 

@@ -8,7 +8,7 @@ from conftest import assert_one_line_error
 METRICS = [
     f"{stage}.{what}"
     for stage in ("baseline", "pruned", "finetuned")
-    for what in ("test_accuracy", "params", "nonzero_params", "macs")
+    for what in ("test_accuracy", "params", "nonzero_params", "macs", "macs_coverage")
 ]
 
 
