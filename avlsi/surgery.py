@@ -97,6 +97,12 @@ PRODUCERS = _CONVS | _TRANSPOSED | _SEPARABLE | {"Dense"}
 _OWN_RULES = PRODUCERS | _CHANNELWISE | _DEPTHWISE | {"PReLU", "BatchNormalization"}
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first non-empty line (errors are one line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def _kind(layer) -> str:
     return f"{type(layer).__name__} '{layer.name}'"
 
@@ -139,7 +145,8 @@ def _copy(model):
     try:
         clone = tf.keras.models.clone_model(model)
     except Exception as exc:  # a layer whose config does not rebuild it
-        raise SurgeryError(f"cannot copy model '{model.name}' layer by layer: {exc}") from exc
+        why = _first_line(exc)
+        raise SurgeryError(f"cannot copy model '{model.name}' layer by layer: {why}") from exc
     clone.set_weights(model.get_weights())
     return clone
 
@@ -219,12 +226,15 @@ class _Surgeon(Surgeon):
         (mask,) = masks
         if name == "Flatten":
             return layer, mask.reshape(-1)
+        if name == "Reshape":  # one that keeps the channel axis (squeeze-excite's (1, 1, C))
+            return self._reshaped(layer, self._channels(layer, mask), output_shape)
         if name not in _OWN_RULES:
             try:
                 return super()._apply_delete_mask(node, masks)  # kerassurgeon's rule
             except ValueError as exc:
+                why = _first_line(exc)
                 raise SurgeryError(
-                    f"the cut channels reach {_kind(layer)}, which AVLSI cannot cut ({exc})"
+                    f"the cut channels reach {_kind(layer)}, which AVLSI cannot cut ({why})"
                 ) from exc
         keep = self._channels(layer, mask)
         if len(layer.inbound_nodes) > 1 and layer.weights:
@@ -240,6 +250,19 @@ class _Surgeon(Surgeon):
                 keep, output_shape
             ).copy()
         return self._cut_inputs(layer, keep), None
+
+    @staticmethod
+    def _reshaped(layer, keep: np.ndarray, output_shape):
+        """A Reshape whose last axis is the channel axis, rebuilt for the kept channels."""
+        target = list(layer.target_shape)
+        if not target or target[-1] != len(keep):
+            raise SurgeryError(
+                f"Reshape {layer.name!r} moves the channel axis ({len(keep)} channels into "
+                f"{tuple(target)}): AVLSI cannot cut the channels that reach it"
+            )
+        config = layer.get_config()
+        config["target_shape"] = (*target[:-1], int(keep.sum()))
+        return type(layer).from_config(config), np.broadcast_to(keep, output_shape).copy()
 
     def _channels(self, layer, mask: np.ndarray) -> np.ndarray:
         """The channel vector of a mask (last axis), checked to be the same at every position."""
@@ -435,7 +458,8 @@ def delete_units(model, units: dict[str, list[int]]):
         raise
     except (ValueError, TypeError, AssertionError, KeyError, IndexError) as exc:
         where = f" at {_kind(surgeon.at)}" if surgeon.at is not None else ""
-        raise SurgeryError(f"kerassurgeon cannot remove the units{where}: {exc}") from exc
+        why = _first_line(exc)
+        raise SurgeryError(f"kerassurgeon cannot remove the units{where}: {why}") from exc
     for line in printed.getvalue().splitlines():
         log.info("kerassurgeon: %s", line)
     return pruned
