@@ -146,6 +146,17 @@ def tf_ops():
     return tf.keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(x)))
 
 
+def squeeze_excite():
+    """EfficientNet's squeeze-excite: pool, Reshape to (1, 1, C), two 1x1 convs, rescale."""
+    inp = L.Input((6, 6, 3))
+    x = conv(6, "a", activation="relu")(inp)
+    se = L.Reshape((1, 1, 6), name="se_reshape")(L.GlobalAveragePooling2D()(x))
+    se = conv(2, "se_reduce", kernel=1, activation="relu")(se)
+    se = conv(6, "se_expand", kernel=1, activation="sigmoid")(se)
+    x = conv(4, "after")(L.Multiply(name="se_scale")([x, se]))
+    return tf.keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(x)))
+
+
 CASES = {
     "identity shortcut": (
         lambda: residual(False),
@@ -172,6 +183,10 @@ CASES = {
     "conv3d": (conv3d, {"c1": [1, 5], "c2": [3]}),
     "tf ops + keyword call": (tf_ops, {"a": [0, 5], "b": [0, 5]}),
     "unknown spatial size": (any_size, {"stem": [1, 3], "res": [1, 3]}),
+    "squeeze-excite reshape": (
+        squeeze_excite,
+        {"a": [1, 4], "se_expand": [1, 4], "se_reduce": [0]},
+    ),
     "dense on feature maps": (dense_on_maps, {"first": [0, 2], "pixels": [4], "mix": [1]}),
 }
 
