@@ -204,24 +204,12 @@ def logits(model, feed) -> list[np.ndarray]:
 
 
 def layer_macs(layer, inputs, outputs) -> int:
-    """Multiply-adds of one call of a conv / dense / depthwise layer (0 for other layers)."""
-    kind = type(layer).__name__
-    out = _spatial(outputs[0]) if outputs else 1
-    if kind in CONV or kind == "Dense":
-        return int(np.prod(layer.kernel.shape)) * out
-    if kind in TRANSPOSE:
-        return int(np.prod(layer.kernel.shape)) * _spatial(inputs[0])
-    if kind in {"DepthwiseConv1D", "DepthwiseConv2D"}:
-        return int(np.prod(layer.depthwise_kernel.shape)) * out
-    if kind in SEPARABLE:
-        per_position = np.prod(layer.depthwise_kernel.shape) + np.prod(layer.pointwise_kernel.shape)
-        return int(per_position) * out
-    return 0
+    """Multiply-adds of one call of a layer (avlsi.metrics' conventions)."""
+    from avlsi.metrics import call_macs
 
-
-def model_macs(model) -> int:
-    """Multiply-adds of one input through every conv / dense / depthwise call of `model`."""
-    return sum(layer_macs(layer, ins, outs) for layer, ins, outs, _ in _calls(model))
+    if not inputs or not outputs:
+        return 0
+    return call_macs(layer, tuple(inputs[0].shape), tuple(outputs[0].shape))
 
 
 def _spatial(tensor) -> int:

@@ -49,7 +49,7 @@ def groups_table(model, groups, total_macs: int | None = None) -> str:
     lines = [
         f"model {model.name}: {len(groups)} groups of coupled channels, {len(prunable)} "
         f"prunable, holding {share:.1%} of the multiply-adds "
-        f"({total:,} per input in conv / dense layers)",
+        f"({total:,} per input in all)",
         f"{'group':>5}  {'channels':>8}  {'MACs':>6}  {'prunable':<8}  "
         f"{'producers | other members':<{MEMBERS_WIDTH}}  why not",
     ]
@@ -106,7 +106,8 @@ def inspect_from_config(cfg: DictConfig) -> str:
     check_finite(cfg)
     check_dataset(cfg.dataset)
     quiet_tensorflow_import()
-    from avlsi.graph import model_macs, pruning_groups
+    from avlsi.graph import pruning_groups
+    from avlsi.metrics import count_macs
     from avlsi.models import build_model
 
     data = get_method(cfg.dataset._target_)(cfg.dataset, seed=cfg.seed)
@@ -115,7 +116,7 @@ def inspect_from_config(cfg: DictConfig) -> str:
         groups = pruning_groups(model)
     except ValueError as err:
         raise UserError(f"model={cfg.model.name}: {err}") from None
-    total = model_macs(model)
+    total = count_macs(model)
     header = f"input {'x'.join(map(str, data.input_shape))}, {data.num_classes} classes"
     return groups_table(model, groups, total).replace(":", f" ({header}):", 1)
 

@@ -29,6 +29,7 @@ the conventions, checked against TensorFlow's profiler in tests/test_metrics.py:
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -48,7 +49,8 @@ def count_nonzero_params(model) -> int:
 
 
 def _size(shape) -> int:
-    return int(np.prod([int(d) for d in shape], dtype=np.int64))
+    """Elements of a shape; an unknown (None) size counts as 1: per position."""
+    return int(np.prod([int(d or 1) for d in shape], dtype=np.int64))
 
 
 def _spatial(layer, shape) -> int:
@@ -108,6 +110,17 @@ def _layer_kinds():
         (tuple(affine), _per_element),
         (L.Embedding, _lookup),
     ]
+
+
+@functools.cache
+def _kinds():
+    return _layer_kinds()
+
+
+def call_macs(layer, input_shape, output_shape) -> int:
+    """Multiply-adds of one call of `layer` (0 for a kind the counter does not know)."""
+    rule = next((macs for classes, macs in _kinds() if isinstance(layer, classes)), None)
+    return int(rule(layer, tuple(input_shape), tuple(output_shape))) if rule else 0
 
 
 @dataclass
@@ -193,7 +206,7 @@ def _count(model, kinds, out: MacsCount, prefix: str, seen: set[int]) -> None:
 def macs_report(model) -> MacsCount:
     """Count `model`'s multiply-adds (see the module's conventions); warn about what is not."""
     out = MacsCount(params=count_params(model))
-    _count(model, _layer_kinds(), out, "", set())
+    _count(model, _kinds(), out, "", set())
     for name, params in out.uncounted.items():
         log.warning(
             "multiply-adds: layer '%s' (%s parameters) is of a kind the counter does not know; "

@@ -17,9 +17,9 @@ from avlsi.graph import (
     group_removal,
     logits,
     masked_copy,
-    model_macs,
     pruning_groups,
 )
+from avlsi.metrics import macs_report
 from avlsi.surgery import delete_units
 
 L = tf.keras.layers
@@ -171,7 +171,8 @@ def test_plain_cnn_groups_follow_bn_pooling_dropout_and_global_pooling():
     assert groups[3].reason == "its units are the model's outputs ('out')"
     assert groups[0].macs == 12 * 12 * 3 * 3 * 3 * 8  # conv 'a', same padding
     assert groups[1].macs == 4 * 4 * 3 * 3 * 8 * 6
-    assert model_macs(plain_cnn()) == sum(g.macs for g in groups)
+    by_layer = macs_report(plain_cnn()).by_layer  # the producers' own multiply-adds
+    assert [g.macs for g in groups] == [by_layer[p] for g in groups for p in g.producers]
 
 
 def test_sequential_models_and_unbuilt_ones():
@@ -556,10 +557,12 @@ def test_task_inspect_prints_the_groups(cli):
     assert lines[0].startswith("model cnn (input 12x12x1, 10 classes): 6 groups of coupled")
     # TINY: 12x12x1, convs 4-4-(pool)-8-8-(pool), dense 8, 10 classes
     macs = [144 * 9 * 4, 144 * 9 * 4 * 4, 36 * 9 * 4 * 8, 36 * 9 * 8 * 8, 72 * 8, 8 * 10]
-    assert f"({sum(macs):,} per input" in lines[0]
-    share = f"{macs[0] / sum(macs):.1%}"
+    batch_norm = 144 * 4 * 2 + 36 * 8 * 2 + 8  # one multiply-add per element (metrics.py)
+    total = sum(macs) + batch_norm
+    assert f"({total:,} per input in all)" in lines[0]
+    share = f"{macs[0] / total:.1%}"
     assert lines[2].split() == ["0", "4", share, "yes", "conv0", "|", "conv0_bn", "conv1"]
-    assert lines[-1].split()[:4] == ["5", "10", f"{macs[-1] / sum(macs):.1%}", "no"]
+    assert lines[-1].split()[:4] == ["5", "10", f"{macs[-1] / total:.1%}", "no"]
     assert lines[-1].endswith("its units are the model's outputs ('output')")
     assert not list(cli.tmp.glob("store/*")) and not cli.db.exists()  # nothing trained
 

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 USER_MODELS = textwrap.dedent(
-    '''
+    """
     import tensorflow as tf
 
     L = tf.keras.layers
@@ -50,7 +50,7 @@ USER_MODELS = textwrap.dedent(
         x = L.SeparableConv2D(width, 3, padding="same", activation="relu")(x)
         x = L.GlobalAveragePooling2D()(x)
         return tf.keras.Model(inputs, L.Dense(num_classes, activation="softmax")(x))
-    '''
+    """
 )
 
 DATA = [
