@@ -86,6 +86,9 @@ class Cli:
 
     def runs(self, experiment: str = "avlsi", parents: bool = False):
         """The experiment's job runs (and, with `parents`, the sweeps' parent runs too)."""
+        sqlite = self.uri.removeprefix("sqlite:///")
+        if sqlite != self.uri and not Path(sqlite).exists():
+            return []  # no database file, no runs (opening one would create and migrate it)
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(self.uri)
