@@ -26,8 +26,10 @@ setup-bench: setup
 run: setup
 	$(PY) run.py
 
+# One worker per core (pytest-xdist); tests sharing a module-scoped fixture (one real sweep
+# read by several tests) run on one worker (tests/shared_fixtures.py).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -86,6 +86,9 @@ class Cli:
 
     def runs(self, experiment: str = "avlsi", parents: bool = False):
         """The experiment's job runs (and, with `parents`, the sweeps' parent runs too)."""
+        sqlite = self.uri.removeprefix("sqlite:///")
+        if sqlite != self.uri and not Path(sqlite).exists():
+            return []  # no database file, no runs (opening one would create and migrate it)
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(self.uri)
@@ -97,3 +100,19 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (a stable sort, so each module's order stays): with pytest-xdist the
+    long jobs start early and the short tests fill the workers in at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """With `-n` (`make test`): tests sharing a module-scoped fixture run on one worker."""
+    if config.getvalue("dist") != "load":
+        return None
+    from shared_fixtures import SharedFixtureScheduling
+
+    return SharedFixtureScheduling(config, log)
