@@ -472,7 +472,7 @@ def test_the_prerequisite_hint_names_every_override_that_matters(cli):
 def test_a_run_that_crashes_carries_an_error_tag(cli):
     """Not only UserErrors: a scorer that returns no scores ends the run FAILED, saying why."""
     proc = cli("criterion._target_=builtins.print")
-    assert proc.returncode == 1 and "avlsi: failed: AttributeError" in proc.stderr
+    assert proc.returncode == 1 and "avlsi: failed: TypeError" in proc.stderr
     (run,) = cli.runs()
     assert run.info.status == "FAILED"
-    assert run.data.tags["error"].startswith("AttributeError: ")
+    assert run.data.tags["error"].startswith("TypeError: ")
