@@ -214,3 +214,28 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def module_main(argv: list[str] | None, module: str, example: str, usage, work) -> None:
+    """`python -m avlsi.<module> key=value ...`: `usage()` for --help, else print
+    `work(composed config)`; every mistake is one line (exit 2)."""
+    from avlsi.report import check_overrides, compose_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if any(arg in ("-h", "--help") for arg in argv):
+            print(usage())
+            return
+        if flags := [arg for arg in argv if arg.startswith("-")]:
+            raise UserError(
+                f"unknown option {flags[0]}; options are Hydra overrides such as {example} "
+                f"(python -m avlsi.{module} --help)"
+            )
+        check_overrides(argv)
+        result = work(compose_config(argv))
+    except Exception as err:
+        if not is_user_mistake(err):
+            raise
+        print(f"avlsi: error: {describe(err)}", file=sys.stderr)
+        sys.exit(2)
+    print(result)

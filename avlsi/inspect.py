@@ -12,7 +12,6 @@ can be pruned or why not.
 from __future__ import annotations
 
 import re
-import sys
 
 from omegaconf import DictConfig
 
@@ -123,27 +122,9 @@ def inspect_from_config(cfg: DictConfig) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m avlsi.inspect key=value ...`: every mistake is one line."""
-    from avlsi.cli import describe, is_user_mistake
-    from avlsi.report import check_overrides, compose_config
+    from avlsi.cli import module_main
 
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        if any(arg in ("-h", "--help") for arg in argv):
-            print(USAGE)
-            return
-        if flags := [arg for arg in argv if arg.startswith("-")]:
-            raise UserError(
-                f"unknown option {flags[0]}; options are Hydra overrides such as model=cnn "
-                "(python -m avlsi.inspect --help)"
-            )
-        check_overrides(argv)
-        table = inspect_from_config(compose_config(argv))
-    except Exception as err:
-        if not is_user_mistake(err):
-            raise
-        print(f"avlsi: error: {describe(err)}", file=sys.stderr)
-        sys.exit(2)
-    print(table)
+    module_main(argv, "inspect", "model=cnn", lambda: USAGE, inspect_from_config)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ reference, not a candidate.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -599,27 +598,19 @@ def check_overrides(overrides: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m avlsi.report key=value ...`: every mistake is one line."""
-    from avlsi.cli import describe, is_user_mistake
+    from avlsi.cli import module_main
 
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        if any(arg in ("-h", "--help") for arg in argv):
-            cfg = compose_config([])
-            print(USAGE.format(experiment=cfg.mlflow.experiment, uri=cfg.mlflow.tracking_uri))
-            return
-        if flags := [arg for arg in argv if arg.startswith("-")]:
-            raise UserError(
-                f"unknown option {flags[0]}; options are Hydra overrides such as "
-                "mlflow.experiment=NAME (python -m avlsi.report --help)"
-            )
-        check_overrides(argv)
-        result = report_from_config(compose_config(argv))
-    except Exception as err:
-        if not is_user_mistake(err):
-            raise
-        print(f"avlsi: error: {describe(err)}", file=sys.stderr)
-        sys.exit(2)
-    print(result.summary())
+    def usage() -> str:
+        cfg = compose_config([])
+        return USAGE.format(experiment=cfg.mlflow.experiment, uri=cfg.mlflow.tracking_uri)
+
+    module_main(
+        argv,
+        "report",
+        "mlflow.experiment=NAME",
+        usage,
+        lambda cfg: report_from_config(cfg).summary(),
+    )
 
 
 if __name__ == "__main__":

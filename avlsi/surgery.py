@@ -32,6 +32,7 @@ import numpy as np
 
 import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from avlsi.errors import UserError
+from avlsi.graph import MERGE
 
 _root_level = logging.getLogger().level
 import tensorflow as tf  # noqa: E402
@@ -79,7 +80,7 @@ _CHANNELWISE = {
     "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
     "Cropping1D", "Cropping2D", "Cropping3D",
 }  # fmt: skip
-_MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
+_MERGES = MERGE  # the element-wise merges avlsi.graph couples
 # TensorFlow ops in a functional graph (TFOpLambda `symbol`) that act element by element.
 ELEMENTWISE_OPS = {
     "__operators__.add", "math.add", "math.subtract", "math.multiply", "math.truediv",

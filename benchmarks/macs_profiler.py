@@ -27,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 from tf_keras.src.applications.convnext import LayerScale  # noqa: E402
 
 from avlsi.metrics import macs_report  # noqa: E402
+from benchmarks.prunability import MODELS  # noqa: E402
 
 L = tf.keras.layers
 # Op types whose profiler flops are weight x activation products (2 flops per multiply-add);
@@ -100,20 +101,6 @@ def comparable_macs(model) -> tuple[int, int]:
     return ours, sum(v for k, v in flops.items() if k in PRODUCT_OPS) // 2
 
 
-MODELS = (
-    "VGG16",
-    "ResNet50",
-    "ResNet50V2",
-    "MobileNet",
-    "MobileNetV2",
-    "MobileNetV3Small",
-    "DenseNet121",
-    "EfficientNetB0",
-    "Xception",
-    "NASNetMobile",
-    "ConvNeXtTiny",
-    "InceptionV3",
-)
 SMALLEST = {"Xception": 71, "InceptionV3": 75}
 
 
