@@ -242,11 +242,18 @@ def test_the_next_job_marks_runs_whose_process_is_gone_as_orphaned(cli):
     assert job.data.tags["avlsi.host"] == here and int(job.data.tags["avlsi.pid"]) > 0
 
 
+def _default_sigint() -> None:
+    """A child inherits an ignored SIGINT (pytest-xdist's workers ignore it), and Python
+    then installs no KeyboardInterrupt handler: give the job Ctrl-C as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_job(cli, *overrides: str) -> subprocess.Popen:
     args = [*TINY, *overrides, *cli.paths()]
     return subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), *args],
         cwd=cli.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
 
 

@@ -32,20 +32,30 @@ def nameless_sequential(head: list) -> tf.keras.Model:
     )
 
 
-@pytest.mark.parametrize(
-    ("head", "softmax"),
-    [
-        ([layers.Dense(5)], False),
-        ([layers.Dense(5, activation="softmax")], True),
-        ([layers.Dense(5), layers.Softmax()], True),
-        ([layers.Dense(5), layers.Activation("softmax"), layers.Dropout(0.1)], True),
-        ([layers.Dense(5), layers.BatchNormalization(), layers.Activation("softmax")], True),
-        ([layers.Dense(5), layers.Activation("linear")], False),
-        ([layers.Dense(5, activation="softmax"), layers.Dense(5)], False),
-    ],
-)
-def test_the_output_layer_and_softmax_come_from_the_graph(head, softmax):
-    model = nameless_sequential(head)
+HEADS = {  # built inside the test: Keras' automatic names restart with each session
+    "logits": (lambda: [layers.Dense(5)], False),
+    "dense softmax": (lambda: [layers.Dense(5, activation="softmax")], True),
+    "Softmax layer": (lambda: [layers.Dense(5), layers.Softmax()], True),
+    "softmax then dropout": (
+        lambda: [layers.Dense(5), layers.Activation("softmax"), layers.Dropout(0.1)],
+        True,
+    ),
+    "BN then softmax": (
+        lambda: [layers.Dense(5), layers.BatchNormalization(), layers.Activation("softmax")],
+        True,
+    ),
+    "linear activation": (lambda: [layers.Dense(5), layers.Activation("linear")], False),
+    "softmax then dense": (
+        lambda: [layers.Dense(5, activation="softmax"), layers.Dense(5)],
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_the_output_layer_and_softmax_come_from_the_graph(head):
+    make_head, softmax = HEADS[head]
+    model = nameless_sequential(make_head())
     dense = [lyr for lyr in model.layers if isinstance(lyr, layers.Dense)]
     assert output_layers(model) == [dense[-1]]
     assert ends_in_softmax(model) is softmax
