@@ -70,9 +70,13 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def cache_root() -> Path:
+    """AVLSI's cache folder: $AVLSI_CACHE_DIR, else ~/.cache/avlsi."""
+    return Path(os.environ.get("AVLSI_CACHE_DIR") or Path.home() / ".cache" / "avlsi").expanduser()
+
+
 def _cache_dir() -> Path:
-    base = os.environ.get("AVLSI_CACHE_DIR") or Path.home() / ".cache" / "avlsi"
-    return Path(base).expanduser() / "fingerprints"
+    return cache_root() / "fingerprints"
 
 
 def file_fingerprint(path: Path) -> str:

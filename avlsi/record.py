@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -143,6 +145,27 @@ def creation_lock(tracking_uri: str):
     return FileLock(str(db) + ".lock", is_singleton=True)
 
 
+def _copy_empty_store(db: Path) -> None:
+    """A new sqlite store as a copy of an empty, migrated one (made once per MLflow version
+    in AVLSI's cache): MLflow's schema migrations cost about a second per new database.
+    Without a usable cache, MLflow creates the database itself."""
+    from avlsi.keys import cache_root
+
+    try:
+        template = cache_root() / f"mlflow-{mlflow.__version__}-empty.db"
+        if not template.exists():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=template.parent) as tmp:
+                fresh = Path(tmp) / "empty.db"
+                MlflowClient(f"sqlite:///{fresh}").search_experiments()  # migrates it
+                os.replace(fresh, template)  # atomic: a reader never sees half a file
+        partial = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, partial)
+        os.replace(partial, db)
+    except (OSError, MlflowException):
+        pass
+
+
 _opened: set[str] = set()  # tracking URIs whose store this process has opened
 
 
@@ -152,6 +175,9 @@ def open_client(tracking_uri: str) -> MlflowClient:
         return MlflowClient(tracking_uri)
     try:
         with creation_lock(tracking_uri):
+            db = sqlite_path(tracking_uri)
+            if db is not None and not db.exists():
+                _copy_empty_store(db)
             client = MlflowClient(tracking_uri)  # opens the store: creates / migrates it
     except OSError:  # no lock beside a read-only database: nothing will be created there
         client = MlflowClient(tracking_uri)

@@ -302,3 +302,23 @@ def test_a_terminated_job_reaches_the_sweep_through_pickling():
 
     back = pickle.loads(pickle.dumps(Terminated(signal.SIGTERM)))
     assert isinstance(back, KeyboardInterrupt) and back.signal_name == "SIGTERM"
+
+
+def test_a_new_store_is_a_copy_of_an_empty_migrated_one(tmp_path, monkeypatch):
+    """MLflow migrates a new sqlite database (about a second); AVLSI copies one it migrated
+    once per MLflow version instead, and the copy works as a store."""
+    import mlflow
+
+    from avlsi import record
+
+    monkeypatch.setenv("AVLSI_CACHE_DIR", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path}/new/folder/mlflow.db"
+    record.open_client(uri)
+    template = tmp_path / "cache" / f"mlflow-{mlflow.__version__}-empty.db"
+    assert (tmp_path / "new" / "folder" / "mlflow.db").read_bytes() == template.read_bytes()
+    experiment = record.ensure_experiment(uri, "study")
+    client = record.open_client(uri)
+    run = client.create_run(experiment)
+    client.log_metric(run.info.run_id, "m", 1.0)
+    assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
+    assert not list((tmp_path / "new" / "folder").glob(".*.tmp"))  # no partial copy left
