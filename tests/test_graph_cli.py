@@ -67,22 +67,26 @@ DATA = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("builder", ["residual", "concat", "depthwise"])
-def test_user_graphs_prune_correctly_through_the_cli(cli, builder):
+def test_user_graphs_prune_correctly_through_the_cli(cli):
+    """One sweep over the three builders (one process: one TensorFlow start-up)."""
     (cli.tmp / "user_models.py").write_text(USER_MODELS)
+    builders = ("residual", "concat", "depthwise")
     proc = cli(
+        "-m",
         "model=builder",
-        f"model._target_=user_models.{builder}",
+        "model._target_=" + ",".join(f"user_models.{b}" for b in builders),
         "criterion=taylor",
         "psize=0.5",
         *DATA,
         tiny=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = cli.runs()
-    metrics = run.data.metrics
-    assert run.info.status == "FINISHED"
-    assert metrics["pruned.equivalence_error"] <= 1e-5
-    assert metrics["pruned.params"] < metrics["baseline.params"]
-    assert metrics["pruned.macs"] < metrics["baseline.macs"]
-    assert "finetuned.test_accuracy" in metrics
+    runs = {r.data.params["model._target_"].split(".")[-1]: r for r in cli.runs()}
+    assert sorted(runs) == sorted(builders)
+    for builder, run in runs.items():
+        metrics = run.data.metrics
+        assert run.info.status == "FINISHED", builder
+        assert metrics["pruned.equivalence_error"] <= 1e-5, builder
+        assert metrics["pruned.params"] < metrics["baseline.params"], builder
+        assert metrics["pruned.macs"] < metrics["baseline.macs"], builder
+        assert "finetuned.test_accuracy" in metrics, builder
