@@ -205,14 +205,18 @@ def check_something_goes(targets: Targets, criterion, psize: float | None) -> No
         )
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
+
+
 def describe(targets: Targets) -> str:
     """One line for the log: how many groups are pruned, and why the others are not."""
     if not targets.groups:
-        return f"{len(targets.layers)} layers"
-    line = f"{len(targets.groups)} groups ({len(targets.layers)} layers)"
+        return _count(len(targets.layers), "layer")
+    line = f"{_count(len(targets.groups), 'group')} ({_count(len(targets.layers), 'layer')})"
     reasons = [g.reason for g in targets.left_out if g.reason]
     if reasons:
-        line += f"; {len(reasons)} groups not prunable, e.g. {reasons[0]}"
+        line += f"; {_count(len(reasons), 'group')} not prunable, e.g. {reasons[0]}"
     return line
 
 
