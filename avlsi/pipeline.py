@@ -30,7 +30,7 @@ from avlsi.keys import (
     pruned_key,
 )
 from avlsi.metrics import relative_metrics, size_metrics
-from avlsi.models import build_model
+from avlsi.models import application_layers, build_model
 from avlsi.store import ModelStore
 from avlsi.targets import (
     Targets,
@@ -70,7 +70,7 @@ def load_data(cfg: DictConfig) -> Dataset:
 
 
 def _load(path: Path):
-    return tf.keras.models.load_model(path, compile=False)
+    return tf.keras.models.load_model(path, compile=False, custom_objects=application_layers())
 
 
 def _save(model, output_dir: Path, name: str) -> Path:

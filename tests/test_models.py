@@ -161,3 +161,14 @@ def test_saved_files_load_in_safe_mode_in_every_format(tmp_path):
         risky.save(tmp_path / name)
         with pytest.raises(UserError, match="lambda"):
             load((4,), 3, OmegaConf.create({"path": str(tmp_path / name)}))
+
+
+def test_a_stored_convnext_reloads(tmp_path):
+    """tf-keras cannot reload its own ConvNeXt files without their LayerScale class; the
+    stored baselines and pruned models of a keras_app job are reloaded with it."""
+    from avlsi.pipeline import _load
+
+    model = tf.keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3), classes=3)
+    model.save(tmp_path / "convnext.keras")
+    again = _load(tmp_path / "convnext.keras")
+    assert again.count_params() == model.count_params()

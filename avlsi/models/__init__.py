@@ -195,3 +195,13 @@ def check_classifier(model, input_shape: tuple[int, ...], num_classes: int, what
             f"but the dataset has {num_classes}"
         )
     return model
+
+
+def application_layers() -> dict:
+    """Custom layer classes of keras.applications that tf-keras cannot find when it loads a
+    saved model (ConvNeXt's LayerScale), for `load_model(custom_objects=...)`."""
+    try:
+        from tf_keras.src.applications.convnext import LayerScale
+    except ImportError:  # pragma: no cover - a tf-keras without ConvNeXt
+        return {}
+    return {"LayerScale": LayerScale}

@@ -104,12 +104,16 @@ def load(input_shape: tuple[int, ...], num_classes: int, cfg):
     import tensorflow as tf
     from tf_keras.src.saving.serialization_lib import SafeModeScope
 
+    from avlsi.models import application_layers
+
     path = Path(str(cfg.path)).expanduser()
     check_file(path)
     try:
         # load_model's safe_mode covers .keras only; the scope extends it to .h5 / SavedModel.
         with SafeModeScope(True):
-            return tf.keras.models.load_model(path, compile=False, safe_mode=True)
+            return tf.keras.models.load_model(
+                path, compile=False, safe_mode=True, custom_objects=application_layers()
+            )
     except Exception as err:  # noqa: BLE001  (any loader failure is the file's problem)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{_setting(path)} cannot be loaded by tf-keras: {first}") from err
