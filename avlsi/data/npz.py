@@ -91,6 +91,15 @@ def _opened(path: Path, source: str, work):
         ) from None
 
 
+def _fitting_headers(zf: zipfile.ZipFile, source: str, rows_of: dict):
+    """The npz's members, array headers and splits, after checking that the rows kept (the
+    limits in `rows_of`) fit in memory."""
+    members, headers, splits = _headers(zf, source)
+    rows = {s: min(headers[f"x_{s}"].shape[0], rows_of[s] or 2**63) for s in splits}
+    check_memory(headers, rows, source)
+    return members, headers, splits
+
+
 def check_file(path: Path, limit: int | None = None, test_limit: int | None = None) -> None:
     """The npz's layout from its headers, the memory its images will take (with the limits)
     and its labels (the images are not read): run before TensorFlow loads."""
@@ -98,9 +107,7 @@ def check_file(path: Path, limit: int | None = None, test_limit: int | None = No
     rows_of = {"train": limit, "test": test_limit, "val": None}
 
     def work(zf: zipfile.ZipFile) -> None:
-        members, headers, splits = _headers(zf, source)
-        rows = {s: min(headers[f"x_{s}"].shape[0], rows_of[s] or 2**63) for s in splits}
-        check_memory(headers, rows, source)
+        members, headers, splits = _fitting_headers(zf, source, rows_of)
         for split in splits:
             labels(_read_rows(zf, members[f"y_{split}"], None), f"y_{split}", source)
 
@@ -113,9 +120,7 @@ def read(path: Path, limit: int | None = None, test_limit: int | None = None) ->
     rows_of = {"train": limit, "test": test_limit, "val": None}
 
     def work(zf: zipfile.ZipFile) -> dict:
-        members, headers, splits = _headers(zf, source)
-        rows = {s: min(headers[f"x_{s}"].shape[0], rows_of[s] or 2**63) for s in splits}
-        check_memory(headers, rows, source)
+        members, headers, splits = _fitting_headers(zf, source, rows_of)
         # Labels whole (small; all of them count the classes), images only as far as kept.
         return {
             key: _read_rows(zf, members[key], rows_of[key[2:]] if key[0] == "x" else None)
