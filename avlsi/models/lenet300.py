@@ -18,7 +18,6 @@ def build(input_shape: tuple[int, ...], num_classes: int, cfg) -> tf.keras.Model
     x = layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
     for i, units in enumerate(cfg.dense_units, start=1):
         x = layers.Dense(units, activation="relu", name=f"ip{i}")(x)
-    outputs = layers.Dense(
-        num_classes, activation="softmax", name=f"ip{len(cfg.dense_units) + 1}"
-    )(x)
+    last = f"ip{len(cfg.dense_units) + 1}"
+    outputs = layers.Dense(num_classes, activation="softmax", name=last)(x)
     return tf.keras.Model(inputs, outputs, name=cfg.name)
