@@ -24,7 +24,7 @@ from avlsi.errors import Terminated, UserError, clip
 from avlsi.preflight import check_environment
 
 log = logging.getLogger("avlsi")
-GROUPS = ("model", "dataset", "criterion", "stage")
+GROUPS = ("model", "dataset", "criterion", "stage", "schedule")
 HINT = " (python run.py --help lists the options; --cfg job shows every key)"
 
 register()

@@ -55,6 +55,7 @@ class Task(StrEnum):
     job = "job"  # train / prune / fine-tune as the stage says, recorded in MLflow
     report = "report"  # write the report of mlflow.experiment instead (see avlsi/report.py)
     inspect = "inspect"  # print the model's pruning groups, train nothing (avlsi/inspect.py)
+    sensitivity = "sensitivity"  # prune each group alone at several psizes (avlsi/sensitivity.py)
 
 
 class Step(StrEnum):
@@ -189,6 +190,7 @@ class CriterionConfig:
     structured: bool = True  # False: zero single weights instead of removing units
     samples: int = 256  # training images shown to data-driven criteria
     threshold: float | None = None  # magnitude only: zero |w| < threshold instead of psize
+    ratios: dict[str, float] | None = None  # layerwise: psize per group (task=sensitivity)
     prunes: bool = True  # False: the `none` control (no unit removed, psize ignored)
     normalize: Normalize = Normalize.rms  # scope=global: per-layer scaling before ranking
     min_units: int = 1  # every layer keeps at least this many units (magnitude: weights)
@@ -215,6 +217,7 @@ class Optimizer(StrEnum):
 class LrSchedule(StrEnum):
     constant = "constant"
     cosine = "cosine"  # from learning_rate down to 0 over the phase's steps
+    rewind = "rewind"  # finetune only: train's rates of its last finetune.epochs (Renda 2020)
 
 
 @dataclass
@@ -233,12 +236,51 @@ class TrainConfig:
 class FinetuneInit(StrEnum):
     pruned = "pruned"  # fine-tune the pruned model's kept weights
     scratch = "scratch"  # re-initialise the pruned architecture, train epochs + train.epochs
+    rewind = "rewind"  # kept weights reset to baseline training's epoch rewind_epoch (magnitude)
 
 
 @dataclass
 class FinetuneConfig(TrainConfig):
     epochs: int = 1
     init: FinetuneInit = FinetuneInit.pruned
+    rewind_epoch: int = 0  # init=rewind: 0 = the initial weights, k = after k training epochs
+
+
+class ScheduleName(StrEnum):
+    oneshot = "oneshot"  # prune once, fine-tune once
+    iterative = "iterative"  # rounds of prune + fine-tune (Han et al. 2015)
+    gradual = "gradual"  # magnitude: sparsity rises during fine-tuning (Zhu & Gupta 2017)
+    tfmot = "tfmot"  # the same with TF Model Optimization's prune_low_magnitude (a reference)
+
+
+class Steps(StrEnum):
+    linear = "linear"  # round r of R removes r/R x psize in all
+    geometric = "geometric"  # every round removes the same share of what is left
+
+
+@dataclass
+class ScheduleConfig:
+    """How pruning is spread out (avlsi/schedules.py); psize is the final fraction."""
+
+    name: ScheduleName = ScheduleName.oneshot
+    rounds: int = 1  # iterative: prune + fine-tune rounds (the last one's is finetune.*)
+    steps: Steps = Steps.geometric  # iterative: how the rounds approach psize
+    epochs_per_round: int = 1  # iterative: fine-tune epochs after each round but the last
+    initial_sparsity: float = 0.0  # gradual: sparsity at begin_step (final sparsity = psize)
+    begin_step: int = 0  # gradual: the fine-tuning step (batch) at which pruning starts
+    end_step: int | None = None  # gradual: the step at which psize is reached (null: the last)
+    frequency: int = 100  # gradual: masks are recomputed every `frequency` steps
+
+
+@dataclass
+class SensitivityConfig:
+    """task=sensitivity: each prunable group pruned alone, no fine-tuning (Li et al. 2017)."""
+
+    psizes: list[float] = field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    )
+    max_drop: float = 1.0  # percentage points of validation accuracy a group may lose
+    out: str | None = None  # default: <the job's output folder>
 
 
 @dataclass
@@ -270,6 +312,7 @@ class Config:
     dataset: DatasetConfig = MISSING
     criterion: CriterionConfig = MISSING
     stage: StageConfig = MISSING
+    schedule: ScheduleConfig = MISSING
     psize: float = 0.3
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -277,6 +320,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     verbose: int | None = None  # Keras verbosity; default: progress bar on a terminal
     rerun: bool = False  # a sweep skips jobs already FINISHED with this config; True: run again
 
@@ -314,6 +358,7 @@ def register() -> None:
     cs.store(group="schema/dataset", name="keras", node=KerasConfig)
     cs.store(group="schema/criterion", name="criterion", node=CriterionConfig)
     cs.store(group="schema/stage", name="stage", node=StageConfig)
+    cs.store(group="schema/schedule", name="schedule", node=ScheduleConfig)
 
 
 def steps_of(cfg: DictConfig) -> list[str]:
@@ -439,6 +484,9 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(
             f"criterion.threshold applies to criterion=magnitude only, not {cfg.criterion.name}"
         )
+    from avlsi.schedule_checks import check_schedule  # no TensorFlow yet
+
+    check_schedule(cfg)
 
 
 def check_optimizer(section: DictConfig, name: str) -> None:

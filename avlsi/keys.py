@@ -29,7 +29,16 @@ from avlsi.config import effective_psize
 from avlsi.store import file_sha256
 
 # Config sections that say where results go or how they look, not what is computed.
-NOT_IN_JOB_KEY = ("mlflow", "store", "report", "verbose", "rerun", "task", "hydra")
+NOT_IN_JOB_KEY = (
+    "mlflow",
+    "store",
+    "report",
+    "verbose",
+    "rerun",
+    "task",
+    "hydra",
+    "sensitivity",
+)
 NOT_IN_GROUP_KEY = ("seed", "stage")
 # Where data lives, not what it is (its content is fingerprinted instead).
 DATA_LOCATIONS = ("path", "test_path", "cache_dir")
@@ -276,6 +285,11 @@ def pruned_key(cfg: DictConfig) -> str:
     """The baseline's key plus everything that determines how it was pruned."""
     psize = effective_psize(cfg)
     parts = {"baseline": baseline_key(cfg), "criterion": _plain(cfg.criterion), "psize": psize}
+    schedule = cfg.get("schedule")
+    if schedule is not None and str(schedule.name) != "oneshot":
+        parts["schedule"] = _plain(schedule)  # iterative: its rounds fine-tune too
+        if str(schedule.name) == "iterative":
+            parts["finetune"] = _plain(cfg.finetune)
     shown = "" if psize is None else f"-p{psize}"
     prefix = f"{cfg.model.name}-{cfg.dataset.name}-{cfg.criterion.name}{shown}-s{cfg.seed}"
     return config_key(prefix, parts)

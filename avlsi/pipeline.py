@@ -6,6 +6,7 @@ import hashlib
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 
 import mlflow
@@ -14,7 +15,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 import avlsi  # noqa: F401
-from avlsi import masking, memory, record, train
+from avlsi import masking, memory, record, rewind, schedules, train
 from avlsi.config import check_config, effective_psize, stage_command, steps_of
 from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.data import Dataset, hold_out_validation
@@ -31,6 +32,7 @@ from avlsi.keys import (
 )
 from avlsi.metrics import relative_metrics, size_metrics
 from avlsi.models import application_layers, build_model
+from avlsi.schedule_checks import schedule_name
 from avlsi.store import ModelStore
 from avlsi.targets import (
     Targets,
@@ -135,6 +137,17 @@ class Job:
             return _load(path)
         with self.store.lock(BASELINES, key):
             found = self.store.get(BASELINES, key) if cfg.store.reuse else None
+            epoch = rewind.wanted_epoch(cfg)
+            if (
+                found
+                and epoch is not None
+                and not rewind.has_point(self.store, key, found[1], epoch)
+            ):
+                log.info(
+                    "the stored baseline %s has no weights of epoch %d to rewind to; "
+                    "training it again to keep them", key, epoch,
+                )  # fmt: skip
+                found = None
             if found is not None:
                 path, meta = found
                 log.info("reusing the stored baseline %s", key)
@@ -151,8 +164,10 @@ class Job:
                 heading(f"training the baseline {cfg.model.name} ({_epochs(cfg.train.epochs)})")
             else:
                 heading(f"measuring the baseline {cfg.model.name} (train.epochs=0: not trained)")
-            self.fit_and_record(model, "train", "baseline")
-            self.store.put(BASELINES, key, model, {"metrics": self.metrics})
+            keep = rewind.KeepWeights(model, [] if epoch is None else [epoch])
+            self.fit_and_record(model, "train", "baseline", callbacks=[keep])
+            self.store.put(BASELINES, key, model, {"metrics": self.metrics, **keep.meta()})
+            rewind.store_points(self.store, key, model, keep)
             return model
 
     def check_prunable(self, model) -> Targets | None:
@@ -164,18 +179,36 @@ class Job:
         return targets
 
     def prune(self, model):
-        """Score, select and remove units (or zero weights); store the result."""
+        """Score, select and remove units (or zero weights), as the schedule says (all
+        rounds of `iterative`; `gradual` only its initial sparsity); store the result."""
         cfg = self.cfg
         targets = self.check_prunable(model)
+        if schedule_name(cfg) == "iterative":
+            pruned, masked = schedules.prune_iteratively(self, model, targets)
+        else:
+            pruned, masked = self.prune_once(model, targets, schedules.first_psize(cfg))
+        self.measure(pruned, "pruned")
+        record.log_model_file(_save(pruned, self.output_dir, "pruned"))
+        meta = {"masked_layers": masked, "metrics": self.metrics}
+        self.store.put(PRUNED, pruned_key(cfg), pruned, meta)
+        return pruned, masked
+
+    def prune_once(self, model, targets, psize: float | None):
+        """(pruned copy, masked layer names): psize of the units (or weights) removed at once;
+        psize None: nothing removed."""
+        cfg = self.cfg
         criterion = cfg.criterion
         masked: list[str] = []
-        if not criterion.prunes:
+        if psize is None:
+            heading(f"no pruning before fine-tuning (schedule={schedule_name(cfg)})")
+            pruned = _copy(model)
+        elif not criterion.prunes:
             heading("no pruning (criterion=none): the baseline goes on to fine-tuning")
             pruned = _copy(model)
         elif criterion.structured:
             heading(f"scoring units with {criterion.name}: {describe(targets)}")
             scores = get_scorer(criterion)(model, targets.layers, self.scoring_context())
-            units = select_group_units(scores, targets, criterion, cfg.psize)
+            units = select_group_units(scores, targets, criterion, psize)
             mlflow.log_dict(units, "pruned_units.json")
             removed = sum(len(v) for v in units.values())
             heading(f"surgery: removing {removed} units from {len(units)} layers")
@@ -186,17 +219,13 @@ class Job:
             masks = masking.magnitude_masks(
                 [pruned.get_layer(lyr.name) for lyr in targets.layers],
                 criterion.scope,
-                cfg.psize,
+                psize,
                 criterion.threshold,
                 criterion.normalize,
                 criterion.min_units,
             )
             masking.apply_masks(pruned, masks)
             masked = list(masks)
-        self.measure(pruned, "pruned")
-        record.log_model_file(_save(pruned, self.output_dir, "pruned"))
-        meta = {"masked_layers": masked, "metrics": self.metrics}
-        self.store.put(PRUNED, pruned_key(cfg), pruned, meta)
         return pruned, masked
 
     def surgery(self, model, units: dict[str, list[int]]):
@@ -242,26 +271,47 @@ class Job:
             heading(f"fine-tuning ({_epochs(cfg.finetune.epochs)})")
             if masks:
                 masking.apply_masks(model, masks)
+            if str(cfg.finetune.init) == "rewind":
+                rewind.rewind(self, model, masks)
             settings = cfg.finetune
-        self.fit_and_record(model, settings, "finetuned")
+        if str(cfg.finetune.lr_schedule) == "rewind":
+            settings = rewind.lr_rewind_settings(cfg, len(self.data.y_train))
+        name = schedule_name(cfg)
+        if name == "tfmot":
+            from avlsi.tfmot_schedule import finetune_with_tfmot
+
+            finetune_with_tfmot(self, model, settings)
+            self.measure(model, "finetuned")
+            record.log_model_file(_save(model, self.output_dir, "finetuned"))
+        else:
+            extra = [schedules.gradual_callback(self, model)] if name == "gradual" else []
+            self.fit_and_record(model, settings, "finetuned", callbacks=extra)
+        if name == "iterative":
+            schedules.log_round(self, model, cfg.schedule.rounds, float(cfg.psize), "tuned")
         run_name = mlflow.active_run().info.run_name or "finetuned"
         record.log_keras_model(model, name=re.sub(r"[^A-Za-z0-9_-]", "-", run_name))
 
-    def fit_and_record(self, model, settings: DictConfig | str, prefix: str) -> None:
+    def fit_and_record(self, model, settings: DictConfig | str, prefix: str, callbacks=()) -> None:
         """Train with `settings` (or the config section of that name); log curves, size, file."""
         phase = settings if isinstance(settings, str) else "finetune"
         section = self.cfg[settings] if isinstance(settings, str) else settings
+        self.fit(model, section, phase, callbacks)
+        self.measure(model, prefix)
+        record.log_model_file(_save(model, self.output_dir, prefix))
+
+    def fit(self, model, settings: DictConfig, phase: str, callbacks=()) -> None:
+        """Train with `settings`, seeded; per-epoch curves `{phase}.*`, `{phase}.seconds`."""
         tf.keras.utils.set_random_seed(self.cfg.seed)
+        start = time.perf_counter()
         train.fit(
             model,
             self.data,
-            section,
+            settings,
             verbose=self.cfg.verbose,
-            callbacks=[train.EpochLogger(phase, record.log_metrics)],
+            callbacks=[train.EpochLogger(phase, record.log_metrics), *callbacks],
             phase=phase,
         )
-        self.measure(model, prefix)
-        record.log_model_file(_save(model, self.output_dir, prefix))
+        self.log({f"{phase}.seconds": time.perf_counter() - start})
 
     def run(self) -> dict[str, float]:
         self.data = load_data(self.cfg)
@@ -307,11 +357,15 @@ def run_name(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> 
         parts.append(cfg.stage.name)
     if str(cfg.finetune.init) != "pruned":
         parts.append(str(cfg.finetune.init))
+    if schedule_name(cfg) != "oneshot":
+        parts.append(schedule_name(cfg))
     shown = ("criterion.scope", "criterion.layer", "criterion.threshold")
     hashed = sorted(
         o.lstrip("+~")
         for o in overrides
-        if o.lstrip("+~").startswith(("model.", "dataset.", "train.", "finetune.", "criterion."))
+        if o.lstrip("+~").startswith(
+            ("model.", "dataset.", "train.", "finetune.", "criterion.", "schedule.")
+        )
         and not o.lstrip("+~").startswith(shown)
         and not o.lstrip("+~").startswith(
             (

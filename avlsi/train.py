@@ -44,8 +44,15 @@ def make_optimizer(settings=None, total_steps: int = 0):
     if isinstance(settings, int | float):
         settings = {"learning_rate": float(settings)}
     rate = float(_option(settings, "learning_rate"))
+    offset = int(settings.get("step_offset", 0) or 0) if settings is not None else 0
     if _option(settings, "lr_schedule") == "cosine" and total_steps > 0:
-        rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=int(total_steps))
+        rate = tf.keras.optimizers.schedules.CosineDecay(
+            rate, decay_steps=int(total_steps) + offset
+        )
+        if offset:  # learning-rate rewinding: the tail of train's cosine (avlsi/rewind.py)
+            from avlsi.rewind import ShiftedSchedule
+
+            rate = ShiftedSchedule(rate, offset)
     decay = _option(settings, "weight_decay")
     name = _option(settings, "optimizer")
     if name == "sgd":
