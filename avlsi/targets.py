@@ -174,12 +174,24 @@ def group_scores(
     return out
 
 
+def n_to_remove_lowest(scores: np.ndarray, psize: float, min_units: int) -> list[int]:
+    """The indices of the psize x units lowest scores (what `layerwise` removes)."""
+    return select_units({"_": scores}, "layerwise", psize, "none", min_units)["_"]
+
+
 def select_group_units(scores: dict[str, np.ndarray], targets: Targets, criterion, psize):
     """The units each producer layer loses: chosen per group, the same for all its producers."""
     per_group = group_scores(scores, targets.groups, getattr(criterion, "group_reduce", "mean"))
-    chosen = select_units(
-        per_group, criterion.scope, psize, criterion.normalize, criterion.min_units
-    )
+    ratios = dict(getattr(criterion, "ratios", None) or {})  # layerwise: a psize per group
+    if ratios:
+        chosen = {
+            name: n_to_remove_lowest(group, ratios.get(name, psize), criterion.min_units)
+            for name, group in per_group.items()
+        }
+    else:
+        chosen = select_units(
+            per_group, criterion.scope, psize, criterion.normalize, criterion.min_units
+        )
     return {p: chosen[g.producers[0]] for g in targets.groups for p in g.producers}
 
 

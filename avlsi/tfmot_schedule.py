@@ -64,5 +64,4 @@ def finetune_with_tfmot(job, model, settings) -> None:
     stripped = api.strip_pruning(wrapped)
     for layer in model.layers:
         if layer.weights:
-            layer.kernel._constraint = None if hasattr(layer, "kernel") else None
             layer.set_weights(stripped.get_layer(layer.name).get_weights())
