@@ -49,6 +49,11 @@ def hydra_entry(cfg: DictConfig) -> dict[str, float]:
 
         sweeping = hydra_cfg.mode == RunMode.MULTIRUN
         output_dir = Path(hydra_cfg.runtime.output_dir)
+        if str(cfg.task) == "sensitivity":  # each group pruned alone (avlsi/sensitivity.py)
+            from avlsi.sensitivity import run_sensitivity
+
+            print(run_sensitivity(cfg, output_dir, choices))
+            return {}
         return run_job(
             cfg,
             output_dir,

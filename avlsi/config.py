@@ -190,7 +190,7 @@ class CriterionConfig:
     structured: bool = True  # False: zero single weights instead of removing units
     samples: int = 256  # training images shown to data-driven criteria
     threshold: float | None = None  # magnitude only: zero |w| < threshold instead of psize
-    ratios: dict[str, float] | None = None  # layerwise: psize per group (task=sensitivity)
+    ratios: dict[str, float] = field(default_factory=dict)  # layerwise: psize per group
     prunes: bool = True  # False: the `none` control (no unit removed, psize ignored)
     normalize: Normalize = Normalize.rms  # scope=global: per-layer scaling before ranking
     min_units: int = 1  # every layer keeps at least this many units (magnitude: weights)
@@ -356,7 +356,9 @@ def register() -> None:
     cs.store(group="schema/dataset", name="npz", node=NpzConfig)
     cs.store(group="schema/dataset", name="image_folder", node=ImageFolderConfig)
     cs.store(group="schema/dataset", name="keras", node=KerasConfig)
-    cs.store(group="schema/criterion", name="criterion", node=CriterionConfig)
+    criterion = OmegaConf.structured(CriterionConfig)
+    OmegaConf.set_struct(criterion.ratios, False)  # criterion.ratios={conv1:0.5}: any group
+    cs.store(group="schema/criterion", name="criterion", node=criterion)
     cs.store(group="schema/stage", name="stage", node=StageConfig)
     cs.store(group="schema/schedule", name="schedule", node=ScheduleConfig)
 

@@ -81,6 +81,11 @@ def check_ratios(cfg: DictConfig) -> None:
     ratios = cfg.criterion.get("ratios")
     if not ratios:
         return
+    if not cfg.criterion.structured:
+        raise UserError(
+            "criterion.ratios (a psize per group) applies to structured criteria (l1, taylor, "
+            f"...), not {cfg.criterion.name}"
+        )
     if _value(cfg.criterion.scope) != "layerwise":
         raise UserError(
             "criterion.ratios (a psize per group) applies to criterion.scope=layerwise only"

@@ -197,6 +197,14 @@ def select_group_units(scores: dict[str, np.ndarray], targets: Targets, criterio
 
 def check_something_goes(targets: Targets, criterion, psize: float | None) -> None:
     """Refuse a psize so small that no unit (or, unstructured, no weight) of any layer goes."""
+    ratios = getattr(criterion, "ratios", None) or {}
+    unknown = sorted(set(ratios) - {g.producers[0] for g in targets.groups})
+    if unknown and criterion.structured:
+        names = [g.producers[0] for g in targets.groups]
+        raise UserError(
+            f"criterion.ratios names {unknown[0]}, which is not a group layerwise prunes; "
+            f"groups (by their first layer): {_listing(names)}"
+        )
     if psize is None or not getattr(criterion, "prunes", True) or criterion.threshold is not None:
         return
     what = "unit" if criterion.structured else "weight"
