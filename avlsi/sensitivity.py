@@ -163,6 +163,38 @@ def ratios_yaml(criterion, ratios: dict[str, float], note: str) -> str:
     return f"# {note}\n{OmegaConf.to_yaml(OmegaConf.create(body))}"
 
 
+def params_with(model, groups: list[tuple[str, list[str], int]], share) -> int:
+    """Parameters of `model` once each (name, producers, channels) group loses
+    n_to_remove(share(name), channels) units (which ones does not change the count)."""
+    from avlsi.select import n_to_remove
+    from avlsi.surgery import delete_units
+
+    units = {}
+    for name, producers, channels in groups:
+        count = n_to_remove(share(name), channels)
+        units.update({p: list(range(count)) for p in producers})
+    units = {p: idx for p, idx in units.items() if idx}
+    return int(delete_units(model, units).count_params()) if units else model.count_params()
+
+
+def matching_psize(model, groups, ratios: dict[str, float]) -> tuple[float, int, int]:
+    """(uniform layerwise psize, its parameter count, the ratios' count): the psize on a 0.01
+    grid whose pruned model's parameter count is closest to the one the ratios give."""
+    target = params_with(model, groups, lambda name: ratios.get(name, 0.0))
+    low, high = 1, 99  # the count falls as psize grows: bisect on hundredths
+    while low < high:
+        mid = (low + high) // 2
+        if params_with(model, groups, lambda _n, m=mid: m / 100) > target:
+            low = mid + 1
+        else:
+            high = mid
+    best = min(
+        (p for p in (low - 1, low) if p >= 1),
+        key=lambda p: abs(params_with(model, groups, lambda _n, q=p: q / 100) - target),
+    )
+    return best / 100, params_with(model, groups, lambda _n: best / 100), target
+
+
 def override_line(ratios: dict[str, float]) -> str:
     inner = ",".join(f"{name}:{ratio:g}" for name, ratio in ratios.items())
     return f"criterion.ratios={{{inner}}}"
@@ -193,8 +225,17 @@ def run_sensitivity(cfg: DictConfig, output_dir: Path, choices: dict[str, str]) 
                               job.scoring_context())  # fmt: skip
         ratios = derive_ratios(table, float(cfg.sensitivity.max_drop))
         layerwise = OmegaConf.merge(criterion, {"scope": "layerwise", "layer": None})
-        kept = {lyr.name for lyr in prune_targets(model, layerwise).layers}
+        pruned_groups = prune_targets(model, layerwise).groups
+        kept = {g.producers[0] for g in pruned_groups}
         ratios = {n: r for n, r in ratios.items() if n in kept}  # layerwise's groups only
+        same = ""
+        if criterion.structured:
+            groups = [(g.producers[0], list(g.producers), g.channels) for g in pruned_groups]
+            psize, uniform, target = matching_psize(model, groups, ratios)
+            record.log_metrics({"ratios.params": target, "uniform.params": uniform,
+                                "uniform.psize": psize})  # fmt: skip
+            same = (f"; uniform layerwise at about the same parameter count: psize={psize:g} "
+                    f"({uniform:,} parameters; the ratios: {target:,})")  # fmt: skip
         title = (f"{cfg.model.name}, {criterion.name}: each group pruned alone "
                  f"(baseline {baseline_key(cfg)[:24]}...)")  # fmt: skip
         plot(table, base, title, out / PLOT)
@@ -214,4 +255,4 @@ def run_sensitivity(cfg: DictConfig, output_dir: Path, choices: dict[str, str]) 
     return (f"sensitivity of {len(set(table['group']))} groups written to {out} ({PLOT}, "
             f"{TABLE}.csv, {RATIOS}); a job with those ratios: python run.py "
             f"criterion={criterion.name} criterion.scope=layerwise '{override_line(ratios)}' "
-            f"model={choices.get('model')}")  # fmt: skip
+            f"model={choices.get('model')}{same}")  # fmt: skip
