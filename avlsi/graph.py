@@ -210,7 +210,8 @@ def logits(model, feed) -> list[np.ndarray]:
             layer.activation = keras.activations.linear
         outputs.append(tensor)
     try:
-        probe = keras.Model(model.inputs, outputs)
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # as `feed`
+        probe = keras.Model(inputs, outputs)
         return [np.asarray(o) for o in _as_list(probe(feed, training=False))]
     finally:
         for layer, activation in swapped:
