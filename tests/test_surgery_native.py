@@ -155,11 +155,9 @@ def sample(model, seed: int = 1) -> np.ndarray:
     return rng.standard_normal((3, *model.input_shape[1:])).astype("float32")
 
 
-@pytest.mark.parametrize("name", ARCHITECTURES)
-def test_both_engines_give_the_same_model_on_tf_keras(name):
-    model = randomized(ARCHITECTURES[name](tf_keras))
-    units = third_of_every_group(model)
-    assert len({tuple(v) for v in units.values()}) >= 2, units  # several groups cut at once
+def assert_engines_agree(model, units) -> None:
+    """kerassurgeon and native prune `model` alike: every weight array equal, outputs within
+    1e-6."""
     by_kerassurgeon = delete_units(model, units, engine="kerassurgeon")
     by_native = delete_units(model, units, engine="native")
     assert type(by_native) is type(model)  # a Sequential stays a Sequential
@@ -175,6 +173,26 @@ def test_both_engines_give_the_same_model_on_tf_keras(name):
     x = sample(model)
     np.testing.assert_allclose(by_native(x), by_kerassurgeon(x), rtol=0, atol=1e-6)
     assert by_native.count_params() < model.count_params()
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_both_engines_give_the_same_model_on_tf_keras(name):
+    model = randomized(ARCHITECTURES[name](tf_keras))
+    units = third_of_every_group(model)
+    assert len({tuple(v) for v in units.values()}) >= 2, units  # several groups cut at once
+    assert_engines_agree(model, units)
+
+
+@pytest.mark.slow
+def test_both_engines_give_the_same_mobilenet_v2():
+    """keras.applications' MobileNetV2 (residual adds across depthwise blocks, 25 groups)."""
+    model = tf_keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
+    )
+    model = randomized(model)
+    units = third_of_every_group(model)
+    assert len({tuple(v) for v in units.values()}) >= 20
+    assert_engines_agree(model, units)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
