@@ -13,7 +13,7 @@ from avlsi.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-GROUPS = ("model", "dataset", "criterion", "stage")
+GROUPS = ("model", "dataset", "criterion", "stage", "schedule")
 
 register()
 

@@ -251,3 +251,17 @@ def test_settings_that_cannot_work_are_refused_in_one_line(overrides, needle):
     check_schedule(cfg)  # the defaults pass
     with pytest.raises(UserError, match=needle.replace(".", r"\.").replace("[", r"\[")):
         check_schedule(OmegaConf.merge(cfg, overrides))
+
+
+def test_the_schedule_is_part_of_the_job_group_and_pruned_keys():
+    from test_config import composed
+
+    from avlsi.keys import group_key, job_key, pruned_key
+
+    base = ("criterion=magnitude", "psize=0.9")
+    oneshot, iterative = composed(*base), composed(*base, "schedule=iterative")
+    more_rounds = composed(*base, "schedule=iterative", "schedule.rounds=5")
+    for key in (job_key, group_key, pruned_key):
+        assert len({key(oneshot), key(iterative), key(more_rounds)}) == 3
+    sensitivity = composed(*base, "sensitivity.max_drop=3")  # how to analyse, not a result
+    assert job_key(sensitivity) == job_key(oneshot)
