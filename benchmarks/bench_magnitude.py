@@ -10,7 +10,10 @@ data, epochs, batch size and learning rate:
     the output layer kept, as `criterion=magnitude` does) + masked fine-tuning;
   * the same baseline fine-tuned without masks (to time what holding the masks costs);
   * tfmot: `prune_low_magnitude` on the same layers, ConstantSparsity(psize) from step 0
-    (or --schedule polynomial: 50% -> psize over the fine-tuning), then strip_pruning.
+    (or --schedule polynomial: PolynomialDecay from --initial to psize between step 0 and
+    --end-step (default: the last), masks every --frequency steps), then strip_pruning;
+  * with --schedule polynomial, also AVLSI `schedule=gradual` (`GradualPruning`, the same
+    schedule) on the same layers.
 Fine-tuning times are wall-clock seconds of `model.fit`, each variant run --repeat times
 alternately on fresh copies (the best is shown); `steady` leaves out the first epoch,
 which includes tracing the training step. Timings on a shared machine are noisy.
@@ -27,6 +30,7 @@ from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from avlsi import masking, train  # noqa: E402
 from avlsi.data.mnist import load  # noqa: E402
@@ -97,7 +101,10 @@ def tfmot_pruned(baseline, names, args, steps: int):
     if args.schedule == "constant":
         schedule = sparsity_api.ConstantSparsity(args.psize, begin_step=1, frequency=100)
     else:
-        schedule = sparsity_api.PolynomialDecay(0.5, args.psize, begin_step=0, end_step=steps)
+        schedule = sparsity_api.PolynomialDecay(
+            args.initial, args.psize, begin_step=0, end_step=args.end_step or steps,
+            frequency=args.frequency,
+        )  # fmt: skip
 
     def wrap(layer):  # fresh layers: the baseline's own must not be trained
         fresh = layer.__class__.from_config(layer.get_config())
@@ -113,6 +120,18 @@ def tfmot_pruned(baseline, names, args, steps: int):
     return model, sparsity_api
 
 
+def avlsi_gradual(model, names, args, steps: int):
+    """AVLSI's GradualPruning callback with tfmot's PolynomialDecay settings."""
+    from avlsi.schedules import GradualPruning
+
+    criterion = OmegaConf.create({"scope": "layerwise", "normalize": "none", "min_units": 1})
+    schedule = OmegaConf.create(
+        {"initial_sparsity": args.initial, "begin_step": 0, "frequency": args.frequency}
+    )
+    end = args.end_step or steps
+    return GradualPruning([model.get_layer(n) for n in names], criterion, args.psize, schedule, end)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--psize", type=float, default=0.9, help="sparsity of each kernel")
@@ -123,6 +142,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--finetune-lr", type=float, default=5e-4, help="(the project default)")
     parser.add_argument("--schedule", choices=["constant", "polynomial"], default="constant")
+    parser.add_argument("--initial", type=float, default=0.5, help="polynomial: start sparsity")
+    parser.add_argument("--end-step", type=int, default=None, help="polynomial (default: last)")
+    parser.add_argument("--frequency", type=int, default=100, help="polynomial: mask updates")
     parser.add_argument("--repeat", type=int, default=1, help="timing repeats of each variant")
     args = parser.parse_args()
 
@@ -136,7 +158,9 @@ def main() -> None:
     train.fit(
         baseline,
         data,
-        SimpleNamespace(epochs=args.train_epochs, batch_size=args.batch_size, learning_rate=1e-3),
+        OmegaConf.create(
+            {"epochs": args.train_epochs, "batch_size": args.batch_size, "learning_rate": 1e-3}
+        ),
         verbose=0,
     )
     print(
@@ -170,6 +194,13 @@ def main() -> None:
         times["tfmot"].append(fit(pruned, data, args, [api.UpdatePruningStep()]))
         stripped = api.strip_pruning(pruned)
         results = {"oneshot": oneshot, "masked": masked, "plain": plain, "tfmot": stripped}
+        if args.schedule == "polynomial":
+            tf.keras.utils.set_random_seed(1)
+            gradual = copy_of(baseline)
+            times.setdefault("gradual", []).append(
+                fit(gradual, data, args, [avlsi_gradual(gradual, names, args, steps)])
+            )
+            results["gradual"] = gradual
 
     best = {k: min(v) for k, v in times.items()}
     base_total, base_steady = best["unmasked"]
@@ -204,6 +235,16 @@ def main() -> None:
             ratio("tfmot"),
         ),
     ]
+    if "gradual" in results:
+        rows.append(
+            (
+                "AVLSI schedule=gradual (same schedule)",
+                train.evaluate(results["gradual"], data),
+                sparsity(results["gradual"], names),
+                best["gradual"],
+                ratio("gradual"),
+            )
+        )
     print(
         f"\n{'method':<40} {'test acc':>8} {'sparsity':>8} {'FT s':>7} {'steady s':>8} "
         f"{'FT/unmasked':>11} {'steady/unm.':>11}"
