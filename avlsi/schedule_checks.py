@@ -29,11 +29,10 @@ def check_schedule(cfg: DictConfig) -> None:
                 f"schedule={name} spreads psize over the fine-tuning; criterion.threshold "
                 "prunes once: drop criterion.threshold (or use schedule=oneshot)"
             )
-    if name == "iterative" and (schedule.rounds < 1 or schedule.epochs_per_round < 0):
-        raise UserError(
-            f"schedule.rounds={schedule.rounds} must be >= 1 and "
-            f"schedule.epochs_per_round={schedule.epochs_per_round} >= 0"
-        )
+    if name == "iterative" and schedule.rounds < 1:
+        raise UserError(f"schedule.rounds={schedule.rounds} must be at least 1, e.g. 3")
+    if name == "iterative" and schedule.epochs_per_round < 0:
+        raise UserError(f"schedule.epochs_per_round={schedule.epochs_per_round} must be >= 0")
     if name in ("gradual", "tfmot"):
         if criterion.structured:
             raise UserError(
