@@ -204,7 +204,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: Path, choices: dict[str, str]) 
     """Baseline (trained or stored), analysis, files, one MLflow run; returns a summary."""
     import mlflow
 
-    from avlsi import record
+    from avlsi import record, train
     from avlsi.keys import baseline_key, code_fingerprint
     from avlsi.pipeline import Job, load_data, model_label
     from avlsi.targets import prune_targets
@@ -218,6 +218,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: Path, choices: dict[str, str]) 
         record.log_config(cfg, {**choices, "task": "sensitivity"}, output_dir)
         mlflow.log_params({"sensitivity.psizes": list(cfg.sensitivity.psizes),
                            "sensitivity.max_drop": cfg.sensitivity.max_drop})  # fmt: skip
+        train.seed_everything(cfg.seed)  # as run_job: the stored baseline is a job's baseline
         job = Job(cfg, output_dir)
         job.data = load_data(cfg)
         model = job.baseline()
