@@ -30,7 +30,7 @@ from avlsi.store import file_sha256
 
 # Config sections that say where results go or how they look, not what is computed.
 NOT_IN_JOB_KEY = ("mlflow", "store", "report", "verbose", "rerun", "task", "hydra")
-NOT_IN_GROUP_KEY = ("seed", "stage")
+NOT_IN_GROUP_KEY = ("seed", "stage", "latency", "export")  # latency / files: not accuracy
 # Where data lives, not what it is (its content is fingerprinted instead).
 DATA_LOCATIONS = ("path", "test_path", "cache_dir")
 

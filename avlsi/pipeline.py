@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -14,7 +13,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 import avlsi  # noqa: F401
-from avlsi import masking, memory, record, train
+from avlsi import masking, memory, record, runtime, train
 from avlsi.config import check_config, effective_psize, stage_command, steps_of
 from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.data import Dataset, hold_out_validation
@@ -29,6 +28,7 @@ from avlsi.keys import (
     job_key,
     pruned_key,
 )
+from avlsi.latency import pin_threads
 from avlsi.metrics import relative_metrics, size_metrics
 from avlsi.models import application_layers, build_model
 from avlsi.store import ModelStore
@@ -73,12 +73,6 @@ def _load(path: Path):
     return tf.keras.models.load_model(path, compile=False, custom_objects=application_layers())
 
 
-def _save(model, output_dir: Path, name: str) -> Path:
-    path = output_dir / f"{name}.keras"
-    model.save(path)
-    return path
-
-
 def _copy(model):
     """A new model with the same architecture and weights."""
     twin = tf.keras.models.clone_model(model)
@@ -119,6 +113,15 @@ class Job:
         if prefix != "baseline":
             self.log(relative_metrics(self.metrics, prefix))
 
+    def save(self, model, prefix: str) -> None:
+        """Latency and the model's files (latency.*, export.*; see avlsi/runtime.py)."""
+        metrics, files = runtime.model_files(
+            model, prefix, self.cfg, self.data, self.output_dir, self.metrics
+        )
+        for path in files:
+            record.log_model_file(path)
+        self.log(metrics)
+
     def log_stored(self, meta: dict, *prefixes: str) -> None:
         """Log an earlier stage's metrics from its store entry (stage-by-stage runs)."""
         found = meta.get("metrics", {})
@@ -132,7 +135,9 @@ class Job:
             path, meta = self.store.get(BASELINES, key)
             mlflow.set_tag("baseline.source", "reused")
             self.log_stored(meta, "baseline")
-            return _load(path)
+            model = _load(path)
+            self.save(model, "baseline")  # measured again here, beside the pruned model
+            return model
         with self.store.lock(BASELINES, key):
             found = self.store.get(BASELINES, key) if cfg.store.reuse else None
             if found is not None:
@@ -140,8 +145,8 @@ class Job:
                 log.info("reusing the stored baseline %s", key)
                 mlflow.set_tag("baseline.source", "reused")
                 model = _load(path)
-                shutil.copyfile(path, self.output_dir / "baseline.keras")
                 self.log_stored(meta, "baseline")
+                self.save(model, "baseline")  # measured again here, beside the pruned model
                 return model
             memory.check_model_fits(cfg, self.data)  # before building: one line, not an OOM
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
@@ -194,7 +199,7 @@ class Job:
             masking.apply_masks(pruned, masks)
             masked = list(masks)
         self.measure(pruned, "pruned")
-        record.log_model_file(_save(pruned, self.output_dir, "pruned"))
+        self.save(pruned, "pruned")
         meta = {"masked_layers": masked, "metrics": self.metrics}
         self.store.put(PRUNED, pruned_key(cfg), pruned, meta)
         return pruned, masked
@@ -261,7 +266,7 @@ class Job:
             phase=phase,
         )
         self.measure(model, prefix)
-        record.log_model_file(_save(model, self.output_dir, prefix))
+        self.save(model, prefix)
 
     def run(self) -> dict[str, float]:
         self.data = load_data(self.cfg)
@@ -360,6 +365,7 @@ def run_job(
         from avlsi.models import check_buildable
 
         check_buildable(cfg.model)  # a builder or application that does not exist: no run
+    pin_threads(cfg.latency.threads)  # before TensorFlow's runtime starts, where it has not
     train.seed_everything(cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     scope = cfg.criterion.scope.value

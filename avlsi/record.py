@@ -505,4 +505,8 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 def log_model_file(path: Path) -> None:
-    mlflow.log_artifact(str(path), artifact_path="models")
+    """A model file under `models/`, or a folder (a SavedModel) as `models/<its name>/`."""
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=f"models/{path.name}")
+    else:
+        mlflow.log_artifact(str(path), artifact_path="models")

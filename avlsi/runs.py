@@ -40,7 +40,7 @@ FINGERPRINT_TAGS = {"avlsi.code": "code", "avlsi.data": "data"}
 # Params of older runs that say where results go or how they look, or repeat a group
 # choice (`criterion.name` = `criterion`, `criterion.scope` = `scope`): not configuration.
 NOT_CONFIG = re.compile(
-    r"(seed|stage|stage\..*|task|verbose|rerun|(mlflow|store|report|hydra)\..*"
+    r"(seed|stage|stage\..*|task|verbose|rerun|(mlflow|store|report|hydra|latency|export)\..*"
     r"|.*\._target_|.*\.name|criterion\.layer_types\..*|criterion\.scope)"
 )
 

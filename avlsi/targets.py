@@ -177,9 +177,16 @@ def group_scores(
 def select_group_units(scores: dict[str, np.ndarray], targets: Targets, criterion, psize):
     """The units each producer layer loses: chosen per group, the same for all its producers."""
     per_group = group_scores(scores, targets.groups, getattr(criterion, "group_reduce", "mean"))
+    round_to = int(getattr(criterion, "round_to", 1) or 1)
     chosen = select_units(
-        per_group, criterion.scope, psize, criterion.normalize, criterion.min_units
+        per_group, criterion.scope, psize, criterion.normalize, criterion.min_units, round_to
     )
+    if round_to > 1 and not any(chosen.values()):
+        raise UserError(
+            f"criterion.round_to={round_to} leaves every layer whole at psize={psize}: "
+            "rounding each layer's kept channels up to a multiple of it removes nothing; "
+            "pass a larger psize or a smaller criterion.round_to"
+        )
     return {p: chosen[g.producers[0]] for g in targets.groups for p in g.producers}
 
 
