@@ -25,6 +25,8 @@ from avlsi.record import open_client, sqlite_path
 
 STAGES = ("baseline", "pruned", "finetuned")
 QUANTITIES = ("test_accuracy", "val_accuracy", "params", "nonzero_params", "macs")
+# Measured where a job had latency.enabled / exports (avlsi/runtime.py); NaN otherwise.
+QUANTITIES += ("latency_ms", "throughput", "bytes.keras")
 METRICS = [f"{stage}.{what}" for stage in STAGES for what in QUANTITIES]
 NEEDED_BASELINE = [f"baseline.{what}" for what in ("test_accuracy", "params", "nonzero_params")]
 NEEDED_BASELINE.append("baseline.macs")

@@ -281,3 +281,37 @@ def test_a_job_records_latency_exports_and_rounded_channels(cli):
     assert any(units.values())
     for layer, removed in units.items():
         assert (widths[layer] - len(removed)) % 2 == 0, (layer, removed)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def test_report_sets_measured_speedup_beside_the_macs_one(tmp_path):
+    from test_report import Store, job_metrics
+
+    from avlsi.report import axes_of, make_report
+
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    measured = {"baseline.throughput": 1000.0, "baseline.bytes.keras": 4e6}
+    for criterion in ("l1", "random"):
+        for psize, throughput in ((0.3, 1500.0), (0.5, 2000.0)):
+            metrics = job_metrics("cnn", psize, 0.9, val=0.9)
+            metrics |= measured | {"finetuned.throughput": throughput}
+            metrics["finetuned.bytes.keras"] = 4e6 * (1 - psize)
+            store.add("speed", metrics, criterion=criterion, psize=psize)
+    result = make_report(store.uri, "speed", tmp_path / "report", log_to_mlflow=False)
+    table = result.table.set_index(["criterion", "psize"])
+    row = table.loc["l1", "0.5"]
+    assert row["speedup_measured_mean"] == pytest.approx(2.0)
+    assert row["kept_time_mean"] == pytest.approx(0.5)
+    assert row["kept_bytes_mean"] == pytest.approx(0.5)
+    assert row["speedup_ratio_mean"] == pytest.approx(2.0 / row["speedup_mean"])
+    assert [axis[0] for axis in axes_of(result.table)][2:] == ["kept_time", "kept_bytes"]
+    text = result.markdown.read_text()
+    assert "| measured speed-up | measured / MACs |" in text and "| 2.00 |" in text
+    # Runs without measurements: two columns of plots, no measured columns in the table.
+    plain = Store(f"sqlite:///{tmp_path / 'plain.db'}")
+    plain.add("plain", job_metrics("cnn", 0.5, 0.9, val=0.9), psize=0.5)
+    result = make_report(plain.uri, "plain", tmp_path / "plain", log_to_mlflow=False)
+    assert len(axes_of(result.table)) == 2
+    assert "| measured speed-up |" not in result.markdown.read_text()
