@@ -205,8 +205,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--runs-large", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs-large", type=int, default=3)
     parser.add_argument("--large", type=int, default=128)
     args = parser.parse_args()
 
