@@ -106,18 +106,29 @@ def model_input_shape(model) -> tuple[int, ...]:
     return tuple(int(d) for d in model.inputs[0].shape[1:])
 
 
-def keras_timings(model, batch_sizes, warmup: int = 3, runs: int = 20) -> list[Timing]:
-    """Inference through one compiled `tf.function` of the model (either Keras), per batch."""
+def compiled(model) -> Callable:
+    """One compiled `tf.function` of the model's inference (either Keras), any batch size."""
     import tensorflow as tf
 
-    shape = model_input_shape(model)
-    spec = tf.TensorSpec((None, *shape), tf.float32)
-    infer = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    timings = []
-    for batch in batch_sizes:
-        x = tf.constant(random_inputs(shape, batch))
-        timings.append(Timing(batch, time_calls(lambda x=x: infer(x).numpy(), warmup, runs)))
-    return timings
+    spec = tf.TensorSpec((None, *model_input_shape(model)), tf.float32)
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+
+def keras_call(infer: Callable, shape, batch: int) -> Callable[[], object]:
+    """A call of `compiled(model)` on a fixed random batch that waits for its outputs."""
+    import tensorflow as tf
+
+    x = tf.constant(random_inputs(shape, batch))
+    return lambda: infer(x).numpy()
+
+
+def keras_timings(model, batch_sizes, warmup: int = 3, runs: int = 20) -> list[Timing]:
+    """Inference through one compiled `tf.function` of the model (either Keras), per batch."""
+    infer, shape = compiled(model), model_input_shape(model)
+    return [
+        Timing(batch, time_calls(keras_call(infer, shape, batch), warmup, runs))
+        for batch in batch_sizes
+    ]
 
 
 def tflite_timings(

@@ -1,7 +1,7 @@
 """Does the pruned model get faster? Measured speed-up against the multiply-add reduction.
 
     nice -n 5 .venv/bin/python benchmarks/bench_speed.py                 # CNN + MobileNetV2
-    .venv/bin/python benchmarks/bench_speed.py --models cnn --threads 2 --rounds 5
+    .venv/bin/python benchmarks/bench_speed.py --models cnn --threads 2 --pairs 50
 
 For the MNIST CNN (28x28x1; conv 32-32-64-64, dense 128) and MobileNetV2 (96x96x3, alpha
 1.0, `weights=None`, 10 classes), with random (untrained) weights, which do not change the
@@ -9,15 +9,15 @@ speed: the baseline and, as a `criterion=l1 psize=P` job prunes it (every prunab
 the first conv's and the outputs', l1 scores, one surgery), the pruned model at psize 0.3 /
 0.5 / 0.7, with `criterion.round_to` 1 and 8. Every model is timed in Keras (a compiled
 `tf.function`) and in TFLite (the float32 file through the interpreter, XNNPACK) at batch 1
-and batch 128 with `--threads` threads, all in one process and interleaved: `--rounds`
-rounds each time every model once (`--warmup` untimed calls, then `--runs` timed ones at
-batch 1 and `--runs-large` at batch 128), so a change in the machine's load falls on all of
-them alike; the medians over all rounds are compared.
+and batch 128 with `--threads` threads, in one process and in pairs: the baseline and the
+pruned model called in turn (`--warmup` untimed pairs, then `--pairs` timed pairs at batch 1
+and `--pairs-large` at batch 128, the order alternating), so that both calls of a pair run
+under the same load of a shared machine; a speed-up is the median over pairs of baseline
+time / pruned time.
 
 Columns: `MAC red.` = baseline MACs / pruned MACs; `Keras b1` / `Keras b128` / `TFLite b1` /
-`TFLite b128` = baseline time / pruned time, from each model's fastest call (on a shared,
-loaded machine the least disturbed one); `measured / MACs` = the batch-128 speed-ups in
-Keras and TFLite divided by the MAC reduction; the last column the same from median times.
+`TFLite b128` = measured speed-ups; `measured / MAC red.` = the batch-128 speed-ups in Keras
+and TFLite divided by the MAC reduction (1.0: the whole theoretical gain is realised).
 Then the gzip sizes: the baseline and a `criterion=magnitude psize=0.9` model (AVLSI's
 magnitude masks, layerwise) as `.keras` (no optimizer state) and float32 `.tflite`, gzip level 6.
 """
@@ -45,21 +45,21 @@ ROUND_TO = (1, 8)
 
 @dataclass
 class Variant:
-    """One model of the table and its timings (seconds per call) per runtime and batch."""
+    """One model of the table: its calls per (runtime, batch), and per pruned model the
+    paired ratios baseline time / its time."""
 
-    label: str
     psize: float | None
     round_to: int
     model: object
     macs: int
     tflite: bytes = b""
+    calls: dict[tuple[str, int], object] = field(default_factory=dict)
+    ratios: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     seconds: dict[tuple[str, int], list[float]] = field(default_factory=dict)
 
-    def median(self, runtime: str, batch: int) -> float:
-        return float(np.median(self.seconds[runtime, batch]))
-
-    def best(self, runtime: str, batch: int) -> float:
-        return float(np.min(self.seconds[runtime, batch]))
+    def speedup(self, runtime: str, batch: int) -> float:
+        """Median over pairs of (baseline call's time / this model's call's time)."""
+        return float(np.median(self.ratios[runtime, batch])) if self.psize else 1.0
 
 
 def criterion_config(name: str, round_to: int = 1):
@@ -126,34 +126,47 @@ def tflite_of(model, folder: Path) -> bytes:
     return tflite_bytes(save_saved_model(model, folder / "sm"))
 
 
-def time_round(variants: list[Variant], args, threads: int) -> None:
-    """Every variant once: Keras and TFLite, batch 1 and the large batch."""
+def prepare_calls(variant: Variant, large: int, threads: int) -> None:
+    """The four calls of a model: Keras (a compiled tf.function) and TFLite, two batches."""
     from avlsi.export import interpreter
-    from avlsi.latency import keras_timings, random_inputs, time_calls
+    from avlsi.latency import compiled, keras_call, model_input_shape, random_inputs
 
-    for variant in variants:
-        for batch, runs in ((1, args.runs), (args.large, args.runs_large)):
-            (timing,) = keras_timings(variant.model, [batch], args.warmup, runs)
-            variant.seconds.setdefault(("keras", batch), []).extend(timing.seconds)
-            runner = interpreter(variant.tflite, batch, threads)
-            x = random_inputs(runner.input_shape[1:], batch)
-            seconds = time_calls(lambda r=runner, x=x: r(x), args.warmup, runs)
-            variant.seconds.setdefault(("tflite", batch), []).extend(seconds)
+    infer, shape = compiled(variant.model), model_input_shape(variant.model)
+    for batch in (1, large):
+        variant.calls["keras", batch] = keras_call(infer, shape, batch)
+        runner = interpreter(variant.tflite, batch, threads)
+        x = random_inputs(shape, batch)
+        variant.calls["tflite", batch] = lambda r=runner, x=x: r(x)
+
+
+def time_pairs(base: Variant, other: Variant, key, warmup: int, pairs: int) -> None:
+    """Baseline and `other` called in turn (the order alternating), `pairs` times: each
+    pair's ratio of times is taken under the same load, whatever the machine does."""
+    first, second = base.calls[key], other.calls[key]
+    for _ in range(warmup):
+        first(), second()
+    for i in range(pairs):
+        order = (first, second) if i % 2 == 0 else (second, first)
+        times = []
+        for call in order:
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        base_time, other_time = times if i % 2 == 0 else times[::-1]
+        other.ratios.setdefault(key, []).append(base_time / other_time)
+        base.seconds.setdefault(key, []).append(base_time)
 
 
 def speed_table(name: str, variants: list[Variant], large: int) -> list[str]:
-    """Speed-ups from each model's fastest call (on a loaded machine the least disturbed
-    one); the last column repeats the batch-128 ratios from the medians, as a check."""
     base = variants[0]
     runtimes, batches = ("keras", "tflite"), (1, large)
     header = (
         f"| model | psize | round_to | MACs | MAC red. | Keras b1 | Keras b{large} | TFLite b1 "
-        f"| TFLite b{large} | measured / MACs b{large}: Keras, TFLite | same from medians |"
+        f"| TFLite b{large} | measured / MAC red. b{large} (Keras, TFLite) |"
     )
-    lines = [header, "|" + "---|" * 11]
+    lines = [header, "|" + "---|" * 10]
     for v in variants:
-        best = {(rt, b): base.best(rt, b) / v.best(rt, b) for rt in runtimes for b in batches}
-        middle = {rt: base.median(rt, large) / v.median(rt, large) for rt in runtimes}
+        speed = {(rt, b): v.speedup(rt, b) for rt in runtimes for b in batches}
         reduction = base.macs / v.macs
         pruned = v.psize is not None
         cells = [
@@ -162,15 +175,16 @@ def speed_table(name: str, variants: list[Variant], large: int) -> list[str]:
             str(v.round_to) if pruned else "—",
             f"{v.macs / 1e6:.2f}M",
             f"{reduction:.2f}x",
-            *(f"{best[rt, b]:.2f}x" for rt in runtimes for b in batches),
-            ", ".join(f"{best[rt, large] / reduction:.2f}" for rt in runtimes) if pruned else "—",
-            ", ".join(f"{middle[rt] / reduction:.2f}" for rt in runtimes) if pruned else "—",
+            *(f"{speed[rt, b]:.2f}x" for rt in runtimes for b in batches),
+            ", ".join(f"{speed[rt, large] / reduction:.2f}" for rt in runtimes) if pruned else "—",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     times = ", ".join(
-        f"{rt} b{b} {1e3 * base.best(rt, b):.2f} ms" for rt in runtimes for b in batches
+        f"{rt} b{b} {1e3 * float(np.median(base.seconds[rt, b])):.2f} ms"
+        for rt in runtimes
+        for b in batches
     )
-    lines.append(f"\n{name} baseline, fastest calls: {times}")
+    lines.append(f"\n{name} baseline, median call: {times}")
     return lines
 
 
@@ -203,10 +217,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="cnn,MobileNetV2")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--runs-large", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=30)
+    parser.add_argument("--pairs-large", type=int, default=8)
     parser.add_argument("--large", type=int, default=128)
     args = parser.parse_args()
 
@@ -225,17 +238,18 @@ def main() -> None:
         folder = Path(tmp)
         for name in args.models.split(","):
             base = build(name)
-            variants = [Variant("baseline", None, 1, base, macs_report(base).total)]
+            variants = [Variant(None, 1, base, macs_report(base).total)]
             for psize in PSIZES:
                 for round_to in ROUND_TO:
                     pruned = prune(base, psize, round_to)
-                    variants.append(
-                        Variant(f"p{psize}", psize, round_to, pruned, macs_report(pruned).total)
-                    )
+                    variants.append(Variant(psize, round_to, pruned, macs_report(pruned).total))
             for v in variants:
                 v.tflite = tflite_of(v.model, folder)
-            for _ in range(args.rounds):
-                time_round(variants, args, threads)
+                prepare_calls(v, args.large, threads)
+            for v in variants[1:]:
+                for runtime in ("keras", "tflite"):
+                    for batch, pairs in ((1, args.pairs), (args.large, args.pairs_large)):
+                        time_pairs(variants[0], v, (runtime, batch), args.warmup, pairs)
             speed += speed_table(name, variants, args.large) + [""]
             gzip += gzip_rows(name, base, folder)
             print("\n".join(speed[-len(variants) - 4 :]), flush=True)
