@@ -113,12 +113,13 @@ class Job:
         if prefix != "baseline":
             self.log(relative_metrics(self.metrics, prefix))
 
-    def save(self, model, prefix: str) -> None:
-        """Latency and the model's files (latency.*, export.*; see avlsi/runtime.py)."""
+    def save(self, model, prefix: str, log_files: bool = True) -> None:
+        """Latency and the model's files (latency.*, export.*; see avlsi/runtime.py); a
+        reused baseline's files stay in the job's folder (the run that trained it logged them)."""
         metrics, files = runtime.model_files(
             model, prefix, self.cfg, self.data, self.output_dir, self.metrics
         )
-        for path in files:
+        for path in files if log_files else ():
             record.log_model_file(path)
         self.log(metrics)
 
@@ -136,7 +137,7 @@ class Job:
             mlflow.set_tag("baseline.source", "reused")
             self.log_stored(meta, "baseline")
             model = _load(path)
-            self.save(model, "baseline")  # measured again here, beside the pruned model
+            self.save(model, "baseline", log_files=False)  # measured again, beside the pruned
             return model
         with self.store.lock(BASELINES, key):
             found = self.store.get(BASELINES, key) if cfg.store.reuse else None
@@ -146,7 +147,7 @@ class Job:
                 mlflow.set_tag("baseline.source", "reused")
                 model = _load(path)
                 self.log_stored(meta, "baseline")
-                self.save(model, "baseline")  # measured again here, beside the pruned model
+                self.save(model, "baseline", log_files=False)  # measured again, beside the pruned
                 return model
             memory.check_model_fits(cfg, self.data)  # before building: one line, not an OOM
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
