@@ -13,7 +13,7 @@ import tensorflow as tf
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from avlsi.config import KerasAppConfig, ModelConfig
+from avlsi.config import KerasAppConfig, ModelConfig, register
 from avlsi.criteria import ScoringContext
 from avlsi.errors import UserError
 from avlsi.kerasapi import is_keras3
@@ -36,6 +36,7 @@ def job(tmp_path: Path, *overrides: str):
     from avlsi.pipeline import run_job
 
     paths = [f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"store.dir={tmp_path}/s"]
+    register()  # the schemas, as run.py registers them
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*SMALL, *overrides, *paths])
     choices = {"model": "cnn", "dataset": "synthetic", "criterion": cfg.criterion.name}
