@@ -67,7 +67,8 @@ def _separable(layer, i, o) -> int:
 
 
 def _depthwise(layer, i, o) -> int:
-    return _spatial(layer, o) * _size(layer.depthwise_kernel.shape)
+    kernel = layer.kernel if is_keras3(layer) else layer.depthwise_kernel  # Keras 3's name
+    return _spatial(layer, o) * _size(kernel.shape)
 
 
 def _transposed(layer, i, o) -> int:
