@@ -85,7 +85,7 @@ def test_a_model_saved_by_plain_keras3_is_pruned_and_finetuned(cli):
         f"model.path={model_file}",
         "dataset=npz",
         f"dataset.path={data_file}",
-        "criterion=taylor",
+        "criterion=l1",
         "psize=0.5",
         *settings.values(),
         tiny=False,
