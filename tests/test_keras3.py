@@ -31,6 +31,7 @@ SMALL += ["finetune.batch_size=32", "finetune.learning_rate=0.01", "model.keras=
 
 def job(tmp_path: Path, *overrides: str):
     """Run one job in this process (as run.py would) with SMALL settings; its MLflow run."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     from avlsi.pipeline import run_job
@@ -41,7 +42,11 @@ def job(tmp_path: Path, *overrides: str):
         cfg = compose(config_name="config", overrides=[*SMALL, *overrides, *paths])
     choices = {"model": "cnn", "dataset": "synthetic", "criterion": cfg.criterion.name}
     out = tmp_path / f"run-{cfg.criterion.name}"
-    run_job(cfg, out, {**choices, "stage": "all"})
+    before = mlflow.get_tracking_uri()
+    try:
+        run_job(cfg, out, {**choices, "stage": "all"})
+    finally:
+        mlflow.set_tracking_uri(before)  # as it was, for the tests after this one
     client = MlflowClient(cfg.mlflow.tracking_uri)
     (found,) = client.search_runs(
         [client.get_experiment_by_name("avlsi").experiment_id],
