@@ -286,6 +286,16 @@ def test_keras3_refusals_name_the_layer(case):
     assert "\n" not in str(caught.value)
 
 
+def test_a_layer_called_twice_is_refused_by_name():
+    L = keras.layers
+    inputs = keras.Input((6, 6, 3))
+    twice = L.Conv2D(3, 3, padding="same", name="twice")
+    x = L.GlobalAveragePooling2D()(twice(twice(inputs)))
+    model = keras.Model(inputs, L.Dense(2)(x))
+    with pytest.raises(SurgeryError, match="Conv2D 'twice' is not a producer the coupled"):
+        delete_units(model, {"twice": [0]})
+
+
 def test_a_refusal_leaves_nothing_half_done():
     """A selection with one prunable and one unprunable group is refused as a whole."""
     model = keras3_refusals()
