@@ -39,6 +39,8 @@ METRIC_COLUMNS = (
     "finetuned.kept_params",
     "finetuned.kept_macs",
     "finetuned.accuracy_drop",
+    "finetuned.speedup_measured",
+    "pruned.equivalence_error",
     "baseline.test_accuracy",
 )
 PARAM_COLUMNS = ("criterion", "psize", "scope", "stage", "seed", "model", "dataset")
