@@ -76,11 +76,13 @@ class ModelConfig:
     pool_every: int = 2  # a 2x2 max-pool after every `pool_every` conv layers (0: never)
     batch_norm: bool = False
     dropout: float = 0.0
+    keras: int = 2  # 2: tf-keras, 3: Keras 3 (the `keras` package)
 
 
 @dataclass
 class FileModelConfig:
-    """A saved tf-keras model (`.keras`, `.h5`, SavedModel folder): it is the baseline."""
+    """A saved Keras model (`.keras`, `.h5`, SavedModel folder): it is the baseline, loaded
+    with the Keras that wrote it (tf-keras or Keras 3, read from the file)."""
 
     _target_: str = "avlsi.models.file.load"
     name: str = "file"
@@ -89,12 +91,13 @@ class FileModelConfig:
 
 @dataclass
 class KerasAppConfig:
-    """Any `tf.keras.applications` constructor, built for the dataset's shape and classes."""
+    """Any `keras.applications` constructor, built for the dataset's shape and classes."""
 
     _target_: str = "avlsi.models.keras_app.build"
     name: str = MISSING  # the constructor, e.g. MobileNetV2
     weights: str | None = None  # a local weights file; default: random initial weights
     kwargs: dict[str, Any] = field(default_factory=dict)  # more arguments, e.g. alpha: 0.35
+    keras: int = 2  # 2: tf_keras.applications, 3: keras.applications (Keras 3)
 
 
 # model=builder: an open node (any key), passed to `_target_` as keyword arguments.
@@ -195,6 +198,7 @@ class CriterionConfig:
     normalize: Normalize = Normalize.rms  # scope=global: per-layer scaling before ranking
     min_units: int = 1  # every layer keeps at least this many units (magnitude: weights)
     group_reduce: GroupReduce = GroupReduce.mean  # coupled layers' scores -> one per channel
+    round_to: int = 1  # structured: each group keeps a multiple of this many channels
     layer_types: dict[str, list[str]] = field(
         default_factory=lambda: {
             scope: list(UNIT_TYPES) for scope in ("layer", "layerwise", "global")
@@ -283,6 +287,19 @@ class SensitivityConfig:
     out: str | None = None  # default: <the job's output folder>
 
 
+class SurgeryEngine(StrEnum):
+    """What removes the units (avlsi.surgery.delete_units)."""
+
+    auto = "auto"  # kerassurgeon for tf-keras models, native for Keras 3 ones
+    kerassurgeon = "kerassurgeon"  # tf-keras models only
+    native = "native"  # AVLSI's own engine: rebuilds the model from its config, both Kerases
+
+
+@dataclass
+class SurgeryConfig:
+    engine: SurgeryEngine = SurgeryEngine.auto
+
+
 @dataclass
 class MlflowConfig:
     tracking_uri: str = MISSING
@@ -303,6 +320,38 @@ class ReportConfig:
     log: bool = True  # log the report's files to MLflow (the sweep's run, or a `report` run)
 
 
+class ExportFormat(StrEnum):
+    keras = "keras"  # the .keras file, without optimizer state
+    saved_model = "saved_model"  # the inference graph (model.export), for TF Serving
+    tflite = "tflite"  # TFLite float32, via the SavedModel
+
+
+class Quantize(StrEnum):
+    dynamic = "dynamic"  # int8 weights, float activations
+    float16 = "float16"  # half-precision weights
+    int8 = "int8"  # int8 weights and activations, calibrated on training images
+
+
+@dataclass
+class LatencyConfig:
+    """Measured inference time of every stage's model (avlsi/latency.py)."""
+
+    enabled: bool = True
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 128])  # smallest: latency
+    warmup: int = 3  # untimed calls first
+    runs: int = 20  # timed calls per batch size (median, 90th percentile)
+    threads: int | None = None  # TensorFlow's and TFLite's threads; None: every usable core
+
+
+@dataclass
+class ExportConfig:
+    """Deployable files of every stage's model, with their sizes (avlsi/export.py)."""
+
+    formats: list[ExportFormat] = field(default_factory=lambda: [ExportFormat.keras])
+    quantize: Quantize | None = None  # also a quantized TFLite file (needs tflite)
+    calibration_samples: int = 128  # training images that calibrate int8
+
+
 @dataclass
 class Config:
     task: Task = Task.job
@@ -317,10 +366,13 @@ class Config:
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     verbose: int | None = None  # Keras verbosity; default: progress bar on a terminal
     rerun: bool = False  # a sweep skips jobs already FINISHED with this config; True: run again
 
@@ -461,6 +513,9 @@ def check_config(cfg: DictConfig) -> None:
     from avlsi.models import check_model_config  # no TensorFlow yet
 
     check_model_config(cfg.model)
+    from avlsi.kerasjob import check_engine_early  # no TensorFlow yet
+
+    check_engine_early(cfg)
     if "prune" in steps:
         from avlsi.select import accepted_layer_types  # numpy only: no TensorFlow yet
 
@@ -471,6 +526,8 @@ def check_config(cfg: DictConfig) -> None:
         )
     if cfg.criterion.samples < 1:
         raise UserError("criterion.samples must be at least 1")
+    check_round_to(cfg.criterion)
+    check_runtime(cfg)
     if cfg.criterion.min_units < 1:
         raise UserError(
             f"criterion.min_units={cfg.criterion.min_units} must be at least 1 "
@@ -489,6 +546,46 @@ def check_config(cfg: DictConfig) -> None:
     from avlsi.schedule_checks import check_schedule  # no TensorFlow yet
 
     check_schedule(cfg)
+
+
+def check_round_to(criterion: DictConfig) -> None:
+    """criterion.round_to: a whole number of channels, for structured criteria only."""
+    round_to = criterion.round_to
+    if round_to < 1:
+        raise UserError(
+            f"criterion.round_to={round_to} must be at least 1 (1: no rounding; e.g. 8 keeps "
+            "each layer's channels a multiple of 8)"
+        )
+    if round_to != 1 and not criterion.structured:
+        raise UserError(
+            f"criterion.round_to={round_to} applies to criteria that remove channels; "
+            f"criterion={criterion.name} zeroes single weights (drop criterion.round_to)"
+        )
+
+
+def check_runtime(cfg: DictConfig) -> None:
+    """latency.* and export.* in range; a quantized export is a TFLite file."""
+    timing, export = cfg.latency, cfg.export
+    if not timing.batch_sizes or min(timing.batch_sizes) < 1:
+        raise UserError(
+            f"latency.batch_sizes={list(timing.batch_sizes)} must list batch sizes >= 1, "
+            "e.g. [1,128]"
+        )
+    if timing.warmup < 0 or timing.runs < 1:
+        raise UserError("latency.warmup must be >= 0 and latency.runs >= 1 (e.g. 3 and 20)")
+    if timing.threads is not None and timing.threads < 1:
+        raise UserError(
+            f"latency.threads={timing.threads} must be at least 1 (or null: every usable core)"
+        )
+    formats = [str(getattr(f, "value", f)) for f in export.formats]
+    if export.quantize is not None and "tflite" not in formats:
+        quantize = getattr(export.quantize, "value", export.quantize)
+        raise UserError(
+            f"export.quantize={quantize} makes a TFLite file: add tflite to export.formats, "
+            "e.g. export.formats=[keras,tflite]"
+        )
+    if export.calibration_samples < 1:
+        raise UserError("export.calibration_samples must be at least 1")
 
 
 def check_optimizer(section: DictConfig, name: str) -> None:

@@ -5,21 +5,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 import time
 from pathlib import Path
 
 import mlflow
-import tensorflow as tf
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 import avlsi  # noqa: F401
-from avlsi import masking, memory, record, rewind, schedules, train
+from avlsi import kerasjob, masking, memory, record, rewind, runtime, schedules, train
 from avlsi.config import check_config, effective_psize, stage_command, steps_of
 from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.data import Dataset, hold_out_validation
 from avlsi.errors import UserError
+from avlsi.kerasapi import keras_version
 from avlsi.keys import (
     baseline_key,
     code_fingerprint,
@@ -30,8 +29,9 @@ from avlsi.keys import (
     job_key,
     pruned_key,
 )
+from avlsi.latency import pin_threads
 from avlsi.metrics import relative_metrics, size_metrics
-from avlsi.models import application_layers, build_model
+from avlsi.models import build_model
 from avlsi.schedule_checks import schedule_name
 from avlsi.store import ModelStore
 from avlsi.targets import (
@@ -72,20 +72,12 @@ def load_data(cfg: DictConfig) -> Dataset:
 
 
 def _load(path: Path):
-    return tf.keras.models.load_model(path, compile=False, custom_objects=application_layers())
-
-
-def _save(model, output_dir: Path, name: str) -> Path:
-    path = output_dir / f"{name}.keras"
-    model.save(path)
-    return path
+    return kerasjob.load_model(path)  # with the Keras that saved it
 
 
 def _copy(model):
-    """A new model with the same architecture and weights."""
-    twin = tf.keras.models.clone_model(model)
-    twin.set_weights(model.get_weights())
-    return twin
+    """A new model with the same architecture and weights (in the model's Keras)."""
+    return kerasjob.copy_model(model)
 
 
 def heading(text: str) -> None:
@@ -121,6 +113,16 @@ class Job:
         if prefix != "baseline":
             self.log(relative_metrics(self.metrics, prefix))
 
+    def save(self, model, prefix: str, log_files: bool = True) -> None:
+        """Latency and the model's files (latency.*, export.*; see avlsi/runtime.py); a
+        reused baseline's files stay in the job's folder (the run that trained it logged them)."""
+        metrics, files = runtime.model_files(
+            model, prefix, self.cfg, self.data, self.output_dir, self.metrics
+        )
+        for path in files if log_files else ():
+            record.log_model_file(path)
+        self.log(metrics)
+
     def log_stored(self, meta: dict, *prefixes: str) -> None:
         """Log an earlier stage's metrics from its store entry (stage-by-stage runs)."""
         found = meta.get("metrics", {})
@@ -134,7 +136,9 @@ class Job:
             path, meta = self.store.get(BASELINES, key)
             mlflow.set_tag("baseline.source", "reused")
             self.log_stored(meta, "baseline")
-            return _load(path)
+            model = _load(path)
+            self.save(model, "baseline", log_files=False)  # measured again, beside the pruned
+            return model
         with self.store.lock(BASELINES, key):
             found = self.store.get(BASELINES, key) if cfg.store.reuse else None
             epoch = rewind.wanted_epoch(cfg)
@@ -153,8 +157,8 @@ class Job:
                 log.info("reusing the stored baseline %s", key)
                 mlflow.set_tag("baseline.source", "reused")
                 model = _load(path)
-                shutil.copyfile(path, self.output_dir / "baseline.keras")
                 self.log_stored(meta, "baseline")
+                self.save(model, "baseline", log_files=False)  # measured again, beside the pruned
                 return model
             memory.check_model_fits(cfg, self.data)  # before building: one line, not an OOM
             model = build_model(cfg.model, self.data.input_shape, self.data.num_classes)
@@ -165,7 +169,7 @@ class Job:
             else:
                 heading(f"measuring the baseline {cfg.model.name} (train.epochs=0: not trained)")
             keep = rewind.KeepWeights(model, [] if epoch is None else [epoch])
-            self.fit_and_record(model, "train", "baseline", callbacks=[keep])
+            self.fit_and_record(model, "train", "baseline", callbacks=[keep] if keep.epochs else [])
             self.store.put(BASELINES, key, model, {"metrics": self.metrics, **keep.meta()})
             rewind.store_points(self.store, key, model, keep)
             return model
@@ -174,6 +178,7 @@ class Job:
         """What the criterion will prune; a layer or model it cannot prune fails here."""
         if "prune" not in self.steps or not self.cfg.criterion.prunes:
             return None
+        kerasjob.check_engine(self.cfg, keras_version(model))  # kerassurgeon on Keras 3
         targets = prune_targets(model, self.cfg.criterion)
         check_something_goes(targets, self.cfg.criterion, self.cfg.psize)
         return targets
@@ -188,7 +193,7 @@ class Job:
         else:
             pruned, masked = self.prune_once(model, targets, schedules.first_psize(cfg))
         self.measure(pruned, "pruned")
-        record.log_model_file(_save(pruned, self.output_dir, "pruned"))
+        self.save(pruned, "pruned")
         meta = {"masked_layers": masked, "metrics": self.metrics}
         self.store.put(PRUNED, pruned_key(cfg), pruned, meta)
         return pruned, masked
@@ -211,8 +216,8 @@ class Job:
             units = select_group_units(scores, targets, criterion, psize)
             mlflow.log_dict(units, "pruned_units.json")
             removed = sum(len(v) for v in units.values())
-            heading(f"surgery: removing {removed} units from {len(units)} layers")
-            pruned = self.surgery(model, units)
+            what = f"removing {removed} units from {len(units)} layers"
+            pruned = self.surgery(model, units, what)
         else:
             heading(f"zeroing weights by magnitude ({len(targets.layers)} layers)")
             pruned = _copy(model)
@@ -228,13 +233,18 @@ class Job:
             masked = list(masks)
         return pruned, masked
 
-    def surgery(self, model, units: dict[str, list[int]]):
-        """Remove the units, then prove it: the pruned model must compute what the original
-        computes with the removed channels' outgoing weights zeroed (else SurgeryError)."""
+    def surgery(self, model, units: dict[str, list[int]], what: str):
+        """Remove the units with `surgery.engine` (the engine used is logged), then prove it:
+        the pruned model must compute what the original computes with the removed channels'
+        outgoing weights zeroed (else SurgeryError)."""
         from avlsi.graph import equivalence_error
-        from avlsi.surgery import SurgeryError, delete_units
+        from avlsi.surgery import SurgeryError, delete_units, resolve_engine
 
-        pruned = delete_units(model, units)
+        engine = kerasjob.engine_setting(self.cfg)
+        used = resolve_engine(model, engine)
+        mlflow.log_param("surgery.engine_used", used)
+        heading(f"surgery with the {used} engine: {what}")
+        pruned = delete_units(model, units, engine=engine)
         error = equivalence_error(model, pruned, units, samples=2, seed=self.cfg.seed)
         self.log({"pruned.equivalence_error": error})
         if not error <= EQUIVALENCE_TOLERANCE:
@@ -263,7 +273,7 @@ class Job:
         if str(cfg.finetune.init) == "scratch":
             epochs = cfg.train.epochs + cfg.finetune.epochs
             heading(f"training the pruned architecture from scratch ({_epochs(epochs)})")
-            model = tf.keras.models.clone_model(model)  # fresh initial weights
+            model = kerasjob.copy_model(model, weights=False)  # fresh initial weights
             if masks:
                 masking.apply_masks(model, masks)
             settings = OmegaConf.merge(cfg.train, {"epochs": epochs})
@@ -282,7 +292,7 @@ class Job:
 
             finetune_with_tfmot(self, model, settings)
             self.measure(model, "finetuned")
-            record.log_model_file(_save(model, self.output_dir, "finetuned"))
+            self.save(model, "finetuned")
         else:
             extra = [schedules.gradual_callback(self, model)] if name == "gradual" else []
             self.fit_and_record(model, settings, "finetuned", callbacks=extra)
@@ -297,11 +307,11 @@ class Job:
         section = self.cfg[settings] if isinstance(settings, str) else settings
         self.fit(model, section, phase, callbacks)
         self.measure(model, prefix)
-        record.log_model_file(_save(model, self.output_dir, prefix))
+        self.save(model, prefix)
 
     def fit(self, model, settings: DictConfig, phase: str, callbacks=()) -> None:
         """Train with `settings`, seeded; per-epoch curves `{phase}.*`, `{phase}.seconds`."""
-        tf.keras.utils.set_random_seed(self.cfg.seed)
+        kerasjob.set_seed(model, self.cfg.seed)
         start = time.perf_counter()
         train.fit(
             model,
@@ -414,6 +424,7 @@ def run_job(
         from avlsi.models import check_buildable
 
         check_buildable(cfg.model)  # a builder or application that does not exist: no run
+    pin_threads(cfg.latency.threads)  # before TensorFlow's runtime starts, where it has not
     train.seed_everything(cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     scope = cfg.criterion.scope.value

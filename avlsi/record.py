@@ -39,6 +39,8 @@ METRIC_COLUMNS = (
     "finetuned.kept_params",
     "finetuned.kept_macs",
     "finetuned.accuracy_drop",
+    "finetuned.speedup_measured",
+    "pruned.equivalence_error",
     "baseline.test_accuracy",
 )
 PARAM_COLUMNS = ("criterion", "psize", "scope", "stage", "seed", "model", "dataset")
@@ -481,23 +483,30 @@ def log_dataset(data, name: str, digest: str) -> None:
 
 
 def log_keras_model(model, name: str = "model") -> None:
-    """A tf-keras model as an MLflow model with its input/output signature (Models tab)."""
-    import mlflow.tensorflow
+    """The model as an MLflow model with its input/output signature (Models tab): flavour
+    `keras` (mlflow.keras) for a Keras 3 model, `tensorflow` (mlflow.tensorflow) for tf-keras."""
+    from importlib.metadata import version
+
     import numpy as np
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
+
+    from avlsi.kerasapi import is_keras3
 
     def spec(tensor) -> Schema:
         return Schema([TensorSpec(np.dtype("float32"), (-1, *tensor.shape[1:]))])
 
     signature = ModelSignature(inputs=spec(model.inputs[0]), outputs=spec(model.outputs[0]))
-    import tensorflow as tf
-    import tf_keras
+    if is_keras3(model):
+        import mlflow.keras
 
-    requirements = [f"tensorflow=={tf.__version__}", f"tf-keras=={tf_keras.__version__}"]
-    mlflow.tensorflow.log_model(
-        model, name=name, signature=signature, pip_requirements=requirements
-    )
+        flavour, keras_package = mlflow.keras, "keras"
+    else:
+        import mlflow.tensorflow
+
+        flavour, keras_package = mlflow.tensorflow, "tf-keras"
+    requirements = [f"{p}=={version(p)}" for p in ("tensorflow", keras_package)]
+    flavour.log_model(model, name=name, signature=signature, pip_requirements=requirements)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -505,4 +514,8 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 def log_model_file(path: Path) -> None:
-    mlflow.log_artifact(str(path), artifact_path="models")
+    """A model file under `models/`, or a folder (a SavedModel) as `models/<its name>/`."""
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=f"models/{path.name}")
+    else:
+        mlflow.log_artifact(str(path), artifact_path="models")

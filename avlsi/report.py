@@ -8,7 +8,9 @@ configuration and seed) and writes to `report.out`:
 
 - `accuracy_<model>_<dataset>.png`: one figure per model x dataset; test accuracy after
   fine-tuning (top row) and right after pruning (bottom row) against the fraction of
-  non-zero parameters kept (left) and of multiply-adds kept (right). One line per series
+  non-zero parameters kept (left) and of multiply-adds kept (middle), and, where the runs
+  measured them (latency.*, the .keras file), of the inference time kept (unpruned / pruned
+  images per second at the large batch) and of the size on disk kept. One line per series
   (the criterion, plus every other key that differs between the configurations of that
   model x dataset, e.g. `l1 · finetune.epochs=5`), points labelled with their psize (or
   magnitude's threshold), mean over seeds with a +-1 std band; `random` in black dashes;
@@ -58,6 +60,9 @@ from avlsi.runs import (
 
 # Per run: fractions kept and the ratios Blalock et al. (2020) ask for, on the final model.
 DERIVED = ("kept_params", "kept_macs", "compression", "speedup")
+# Measured (runs with latency.enabled / a .keras file): time and size on disk kept, the
+# measured speed-up (throughput at the large batch) and its ratio to the MACs' speed-up.
+DERIVED += ("kept_time", "kept_bytes", "speedup_measured", "speedup_ratio")
 REFERENCE, UNPRUNED_CONTROL, SCRATCH = "random", "none", "scratch"
 IDENTITY = ["model", "dataset", "criterion", "scope", "psize", THRESHOLD]
 BASELINE_KEYS = ("model.", "dataset.", "train.", "data")  # keys that change the baseline
@@ -135,6 +140,10 @@ def add_ratios(runs: pd.DataFrame) -> pd.DataFrame:
     runs["kept_macs"] = final("macs") / runs["baseline.macs"]
     runs["compression"] = runs["baseline.params"] / final("nonzero_params")
     runs["speedup"] = runs["baseline.macs"] / final("macs")
+    runs["speedup_measured"] = final("throughput") / runs["baseline.throughput"]
+    runs["kept_time"] = 1 / runs["speedup_measured"]
+    runs["kept_bytes"] = final("bytes.keras") / runs["baseline.bytes.keras"]
+    runs["speedup_ratio"] = runs["speedup_measured"] / runs["speedup"]
     return runs
 
 
@@ -227,6 +236,24 @@ AXES_X = (
     ("kept_params", "fraction of parameters kept (non-zero params / unpruned)", "pareto"),
     ("kept_macs", "fraction of multiply-adds kept (MACs / unpruned)", "pareto_macs"),
 )
+MEASURED_X = (  # a third column where runs measured them (no Pareto marks: noisy numbers)
+    ("kept_time", "measured time kept (unpruned images/s / images/s, large batch)", None),
+    ("kept_bytes", "size on disk kept (.keras bytes / unpruned)", None),
+)
+TITLES = {
+    "kept_params": "parameters kept",
+    "kept_macs": "multiply-adds kept",
+    "kept_time": "measured time kept",
+    "kept_bytes": "size on disk kept",
+}
+
+
+def axes_of(table: pd.DataFrame) -> tuple:
+    """The x axes of a figure: parameters and MACs kept, then what its runs measured."""
+    measured = [axis for axis in MEASURED_X if table[f"{axis[0]}_mean"].notna().any()]
+    return (*AXES_X, *measured)
+
+
 ROWS = (("finetuned", "after fine-tuning"), ("pruned", "after pruning, before fine-tuning"))
 CONTROL_COLOR = "C4"  # purple: the `none` control
 PALETTE = [f"C{i}" for i in range(10) if i not in (4, 7)]  # C7 is grey like the references
@@ -323,11 +350,12 @@ def plot_group(table: pd.DataFrame, runs: pd.DataFrame, path: Path) -> list[str]
     seeds_vary = table["n_seeds"].nunique() > 1  # else the title says it for all
     unpruned = unpruned_lines(table, runs)
 
-    fig = Figure(figsize=(13, 10.5), layout="constrained")
-    axes = fig.subplots(2, 2, sharex="col", sharey="row", squeeze=False)
+    columns = axes_of(table)
+    fig = Figure(figsize=(6.5 * len(columns), 10.5), layout="constrained")
+    axes = fig.subplots(2, len(columns), sharex="col", sharey="row", squeeze=False)
     for (stage, row_title), row in zip(ROWS, axes, strict=True):
         accuracy = f"{stage}.test_accuracy"
-        for (size, xlabel, pareto), ax in zip(AXES_X, row, strict=True):
+        for (size, xlabel, pareto), ax in zip(columns, row, strict=True):
             points = []
             for label, config in order[["series", "config"]].values:
                 if stage == "pruned" and _is_scratch(config):
@@ -347,7 +375,7 @@ def plot_group(table: pd.DataFrame, runs: pd.DataFrame, path: Path) -> list[str]
                 if std > 0:
                     ax.axhspan(mean - std, mean + std, color=grey, alpha=0.1)
                 ax.plot([1.0], [mean], marker="D", color=grey, linestyle="none")
-            if stage == "finetuned":
+            if stage == "finetuned" and pareto:
                 best = pruned[pruned[pareto]]
                 by_val = (best["pareto_by"] == "finetuned.val_accuracy").all()
                 by = "validation" if by_val else "test"
@@ -356,8 +384,7 @@ def plot_group(table: pd.DataFrame, runs: pd.DataFrame, path: Path) -> list[str]
                     facecolor="none", edgecolor="black", linewidth=1.6, zorder=5,
                     label=f"ringed: Pareto-optimal by {by} accuracy (best for its size)",
                 )  # fmt: skip
-            what = "parameters" if size == "kept_params" else "multiply-adds"
-            ax.set_title(f"{row_title}, vs. {what} kept", fontsize=11)
+            ax.set_title(f"{row_title}, vs. {TITLES[size]}", fontsize=11)
             ax.grid(alpha=0.3)
             ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
             if stage == "pruned":
@@ -406,6 +433,8 @@ MD_COLUMNS = (  # header, value, digits, scale
     ("MACs kept %", "kept_macs", 1, 100),
     ("compression", "compression", 2, 1),
     ("speed-up", "speedup", 2, 1),
+    ("measured speed-up", "speedup_measured", 2, 1),
+    ("measured / MACs", "speedup_ratio", 2, 1),
     ("baseline acc %", "baseline.test_accuracy", 2, 100),
     ("pruned acc %", "pruned.test_accuracy", 2, 100),
     ("fine-tuned acc %", "finetuned.test_accuracy", 2, 100),
@@ -425,14 +454,19 @@ def markdown(
 ) -> str:
     extra = extra_columns(table)
     header = ["model", "dataset", "criterion", "scope", *map(short_name, extra), "psize", "seeds"]
-    header += [h for h, *_ in MD_COLUMNS] + ["Pareto"]
+    measured = {"speedup_measured", "speedup_ratio"}
+    shown = [c for c in MD_COLUMNS if c[1] not in measured or table[f"{c[1]}_mean"].notna().any()]
+    header += [h for h, *_ in shown] + ["Pareto"]
     lines = [
         f"# Pruning report: experiment `{experiment}`",
         "",
         f"{n_runs} runs, {len(table)} configurations; mean ± sample standard deviation over "
         "seeds (no ± means one seed or no spread). Sizes are those of the fine-tuned model: "
         "non-zero parameters and multiply-adds, as percentages of the unpruned model's. "
-        "Compression = unpruned params / non-zero params; speed-up = unpruned MACs / MACs. "
+        "Compression = unpruned params / non-zero params; speed-up = unpruned MACs / MACs; "
+        "measured speed-up = images/s / unpruned images/s at the large batch, measured in "
+        "the same job (latency.*; compare runs of one machine and thread count), and its "
+        "ratio to the MACs' speed-up. "
         "Accuracies are test accuracies except the validation column. Pareto: no other pruned "
         "configuration of the same model x dataset keeps at most as many non-zero parameters "
         "with at least the same fine-tuned validation accuracy (one of the two strictly "
@@ -448,7 +482,7 @@ def markdown(
         cells = [row["model"], row["dataset"], row["criterion"], str(row["scope"])]
         cells += [str(row[key]) for key in extra]
         cells += [row["point"], str(row["n_seeds"])]
-        cells += [_cell(row[f"{v}_mean"], row[f"{v}_std"], d, s) for _, v, d, s in MD_COLUMNS]
+        cells += [_cell(row[f"{v}_mean"], row[f"{v}_std"], d, s) for _, v, d, s in shown]
         cells.append("yes" if row["pareto"] else "")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *(f"![{p.stem}]({p.name})" for p in plots), ""]

@@ -67,8 +67,10 @@ def store_points(store, baseline_key: str, model, keep: KeepWeights) -> None:
 
     found = store.get(BASELINES, baseline_key)
     sha = found[1].get("sha256") if found else None
+    from avlsi.kerasjob import copy_model
+
     for epoch, weights in keep.kept.items():
-        twin = tf.keras.models.clone_model(model)
+        twin = copy_model(model, weights=False)
         twin.set_weights(weights)
         meta = {"baseline_key": baseline_key, "epoch": epoch, "baseline_sha256": sha}
         store.put(REWIND, rewind_key(baseline_key, epoch), twin, meta)
@@ -117,6 +119,16 @@ class ShiftedSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
     def from_config(cls, config):
         schedule = tf.keras.optimizers.schedules.deserialize(config["schedule"])
         return cls(schedule, config["offset"])
+
+
+def shifted(schedule, offset: int, keras):
+    """`schedule` from step `offset` on (tf-keras; a Keras 3 optimizer is refused)."""
+    if keras is not tf.keras:
+        raise UserError(
+            "finetune.lr_schedule=rewind after a cosine train schedule works with tf-keras "
+            "models only so far; pass train.lr_schedule=constant for a Keras 3 model"
+        )
+    return ShiftedSchedule(schedule, offset)
 
 
 def lr_rewind_settings(cfg: DictConfig, train_size: int) -> DictConfig:

@@ -25,6 +25,8 @@ from avlsi.record import open_client, sqlite_path
 
 STAGES = ("baseline", "pruned", "finetuned")
 QUANTITIES = ("test_accuracy", "val_accuracy", "params", "nonzero_params", "macs")
+# Measured where a job had latency.enabled / exports (avlsi/runtime.py); NaN otherwise.
+QUANTITIES += ("latency_ms", "throughput", "bytes.keras")
 METRICS = [f"{stage}.{what}" for stage in STAGES for what in QUANTITIES]
 NEEDED_BASELINE = [f"baseline.{what}" for what in ("test_accuracy", "params", "nonzero_params")]
 NEEDED_BASELINE.append("baseline.macs")
@@ -40,7 +42,7 @@ FINGERPRINT_TAGS = {"avlsi.code": "code", "avlsi.data": "data"}
 # Params of older runs that say where results go or how they look, or repeat a group
 # choice (`criterion.name` = `criterion`, `criterion.scope` = `scope`): not configuration.
 NOT_CONFIG = re.compile(
-    r"(seed|stage|stage\..*|task|verbose|rerun|(mlflow|store|report|hydra)\..*"
+    r"(seed|stage|stage\..*|task|verbose|rerun|(mlflow|store|report|hydra|latency|export)\..*"
     r"|.*\._target_|.*\.name|criterion\.layer_types\..*|criterion\.scope)"
 )
 

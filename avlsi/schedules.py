@@ -116,7 +116,8 @@ def _prune_structured_round(job, model, fraction: float, original: dict[str, int
     units = {name: idx for name, idx in units.items() if idx}
     if not units:
         return model
-    return job.surgery(model, units)
+    removed = sum(len(v) for v in units.values())
+    return job.surgery(model, units, f"removing {removed} units from {len(units)} layers")
 
 
 def _prune_masked_round(job, model, fraction: float, layer_names: list[str], masks: dict):

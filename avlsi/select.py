@@ -90,18 +90,52 @@ def lowest_within_caps(values: np.ndarray, owner: np.ndarray, caps, budget: int)
     return allowed[: max(0, budget)]
 
 
+def kept_rounded(units: int, removed: int, round_to: int) -> int:
+    """How many of `removed` units go when the layer must keep a multiple of `round_to`:
+    the kept count is rounded up (never more removed than asked), at most all `units`."""
+    if round_to <= 1 or removed <= 0:
+        return max(0, removed)
+    kept = -(-(units - removed) // round_to) * round_to  # round up
+    return max(0, units - min(kept, units))
+
+
+def round_to_multiple(
+    chosen: dict[str, list[int]], scores: dict[str, np.ndarray], round_to: int
+) -> dict[str, list[int]]:
+    """Each layer keeps a multiple of `round_to` units (Torch-Pruning's `round_to`): of the
+    units chosen to go, the highest-scored stay until the count kept is one."""
+    if round_to <= 1:
+        return chosen
+    out = {}
+    for name, indices in chosen.items():
+        goes = kept_rounded(len(scores[name]), len(indices), round_to)
+        ranked = sorted(indices, key=lambda i: (scores[name][i], i))  # lowest score first
+        out[name] = sorted(ranked[:goes])
+    return out
+
+
 def select_units(
     scores: dict[str, np.ndarray],
     scope: str,
     psize: float,
     normalize: str = "rms",
     min_units: int = 1,
+    round_to: int = 1,
 ) -> dict[str, list[int]]:
     """The unit indices to remove from each layer (ascending), lowest scores first.
 
     `global` ranks every layer's scores together after `normalise(scores, normalize)` and
-    removes psize of all the units; every scope leaves each layer `min_units` units.
+    removes psize of all the units; every scope leaves each layer `min_units` units, and
+    with `round_to` > 1 a multiple of `round_to` units (see `round_to_multiple`).
     """
+    return round_to_multiple(
+        _select_units(scores, scope, psize, normalize, min_units), scores, round_to
+    )
+
+
+def _select_units(
+    scores: dict[str, np.ndarray], scope: str, psize: float, normalize: str, min_units: int
+) -> dict[str, list[int]]:
     scope = str(getattr(scope, "value", scope))
     if scope != "global":
         return {

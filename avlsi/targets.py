@@ -174,23 +174,32 @@ def group_scores(
     return out
 
 
-def n_to_remove_lowest(scores: np.ndarray, psize: float, min_units: int) -> list[int]:
+def n_to_remove_lowest(
+    scores: np.ndarray, psize: float, min_units: int, round_to: int = 1
+) -> list[int]:
     """The indices of the psize x units lowest scores (what `layerwise` removes)."""
-    return select_units({"_": scores}, "layerwise", psize, "none", min_units)["_"]
+    return select_units({"_": scores}, "layerwise", psize, "none", min_units, round_to)["_"]
 
 
 def select_group_units(scores: dict[str, np.ndarray], targets: Targets, criterion, psize):
     """The units each producer layer loses: chosen per group, the same for all its producers."""
     per_group = group_scores(scores, targets.groups, getattr(criterion, "group_reduce", "mean"))
+    round_to = int(getattr(criterion, "round_to", 1) or 1)
     ratios = dict(getattr(criterion, "ratios", None) or {})  # layerwise: a psize per group
     if ratios:
         chosen = {
-            name: n_to_remove_lowest(group, ratios.get(name, psize), criterion.min_units)
+            name: n_to_remove_lowest(group, ratios.get(name, psize), criterion.min_units, round_to)
             for name, group in per_group.items()
         }
     else:
         chosen = select_units(
-            per_group, criterion.scope, psize, criterion.normalize, criterion.min_units
+            per_group, criterion.scope, psize, criterion.normalize, criterion.min_units, round_to
+        )
+    if round_to > 1 and not any(chosen.values()):
+        raise UserError(
+            f"criterion.round_to={round_to} leaves every layer whole at psize={psize}: "
+            "rounding each layer's kept channels up to a multiple of it removes nothing; "
+            "pass a larger psize or a smaller criterion.round_to"
         )
     return {p: chosen[g.producers[0]] for g in targets.groups for p in g.producers}
 

@@ -289,6 +289,10 @@ def _before_after(before: int, after: int) -> str:
     return f"{_millions(before)} -> {_millions(after)} ({after / before:.2f})"
 
 
+def _coverage(r: Row) -> str:
+    return f"{r.coverage:.3f}" if r.macs else "-"
+
+
 def table(rows: list[Row]) -> str:
     """The rows as a Markdown table, then one line per failure or note."""
     header = (
@@ -301,7 +305,7 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.model} | {r.size or ''} | {r.prunable} / {r.groups} | {r.pruned_groups} "
             f"| {r.prunable_params:.0%} | {_before_after(r.params, r.params_after)} "
-            f"| {_before_after(r.macs, r.macs_after)} | {r.coverage:.3f} "
+            f"| {_before_after(r.macs, r.macs_after)} | {_coverage(r)} "
             f"| {r.equivalence:.1e} | {'ok' if r.reloaded else 'FAIL'} | {r.seconds:.0f} "
             f"| {r.surgery_seconds:.1f} |"
         )

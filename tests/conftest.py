@@ -24,6 +24,7 @@ TINY = [
     "train.batch_size=32",
     "finetune.batch_size=32",
     "criterion.samples=16",
+    "latency.enabled=false",  # measured latency: tests/test_runtime.py
 ]
 
 

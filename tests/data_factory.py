@@ -18,6 +18,7 @@ TINY_JOB = [
     "finetune.batch_size=16",
     "train.learning_rate=0.01",
     "criterion.samples=16",
+    "latency.enabled=false",  # measured latency: tests/test_runtime.py
 ]
 
 

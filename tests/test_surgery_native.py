@@ -214,6 +214,27 @@ def test_native_engine_prunes_keras3_models_exactly(name, tmp_path):
     np.testing.assert_allclose(loaded(x), pruned(x), rtol=0, atol=1e-6)
 
 
+def test_keras3_ops_and_normalization_are_followed(tmp_path):
+    """Element-wise Keras 3 ops with number arguments (`x * 2.0`, `keras.ops.relu`, `a + b`)
+    pass channels like TFOpLambda does in tf-keras; Normalization's per-channel mean and
+    variance (given in its config) lose the removed channels."""
+    L = keras.layers
+    inputs = keras.Input((6, 6, 3))
+    a = L.Conv2D(5, 3, padding="same", name="a")(inputs) * 2.0
+    b = keras.ops.relu(L.Conv2D(5, 1, name="b")(inputs))
+    x = L.Normalization(mean=np.arange(5.0), variance=np.arange(1.0, 6.0))(a + b)
+    x = L.Conv2D(4, 3, name="c")(x)
+    model = randomized(keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling2D()(x))))
+    units = {"a": [1, 3], "b": [1, 3], "c": [0]}
+    pruned = delete_units(model, units)
+    (norm,) = [layer for layer in pruned.layers if isinstance(layer, L.Normalization)]
+    assert norm.get_config()["mean"] == [0.0, 2.0, 4.0]
+    assert equivalence_error(model, pruned, units) <= 1e-5
+    pruned.save(tmp_path / "ops.keras")
+    x = sample(model)
+    np.testing.assert_allclose(keras.saving.load_model(tmp_path / "ops.keras")(x), pruned(x))
+
+
 def test_the_keras3_equivalence_check_sees_a_wrong_cut():
     """Prune some channels but claim others: the masked copy differs (the check is not
     vacuous on Keras 3)."""
@@ -263,6 +284,16 @@ def test_keras3_refusals_name_the_layer(case):
     with pytest.raises(SurgeryError, match=needle) as caught:
         delete_units(keras3_refusals(), {**units, "e": units.get("e", [0])})
     assert "\n" not in str(caught.value)
+
+
+def test_a_layer_called_twice_is_refused_by_name():
+    L = keras.layers
+    inputs = keras.Input((6, 6, 3))
+    twice = L.Conv2D(3, 3, padding="same", name="twice")
+    x = L.GlobalAveragePooling2D()(twice(twice(inputs)))
+    model = keras.Model(inputs, L.Dense(2)(x))
+    with pytest.raises(SurgeryError, match="Conv2D 'twice' is not a producer the coupled"):
+        delete_units(model, {"twice": [0]})
 
 
 def test_a_refusal_leaves_nothing_half_done():

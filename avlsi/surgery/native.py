@@ -99,8 +99,9 @@ def _selection(model, units, groups: list[Group]) -> dict[int, list[int]]:
                 f"lose different units: {earlier[1][:8]} vs {picked[:8]}; prune every producer "
                 "of a group with the same indices"
             )
+    by_index = {group.index: group for group in groups}
     for index, (name, picked) in chosen.items():
-        for other in groups[index].producers:
+        for other in by_index[index].producers:
             if other != name and sorted({int(i) for i in units.get(other, [])}) != picked:
                 raise SurgeryError(
                     f"'{name}' and '{other}' are coupled (their channels meet in a merge) but "
@@ -121,6 +122,7 @@ def _plan(groups: list[Group], selection: dict[int, list[int]]) -> dict[str, _Cu
             cuts[name].units = removed
         for consumer in group.consumers:
             cuts[consumer.layer].rows.update(consumer.rows(removed))
+            # a SeparableConv's depthwise kernel: one entry per input channel
             cuts[consumer.layer].channels.update(consumer.offset + c for c in removed)
         for follower in group.followers:
             cuts[follower.layer].channels.update(follower.rows(removed))
