@@ -123,7 +123,7 @@ class ShiftedSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
 
 def shifted(schedule, offset: int, keras):
     """`schedule` from step `offset` on (tf-keras; a Keras 3 optimizer is refused)."""
-    if keras is not tf.keras:
+    if keras.__name__ != "tf_keras" and keras is not tf.keras:
         raise UserError(
             "finetune.lr_schedule=rewind after a cosine train schedule works with tf-keras "
             "models only so far; pass train.lr_schedule=constant for a Keras 3 model"

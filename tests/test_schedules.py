@@ -175,7 +175,9 @@ def test_lr_rewinding_replays_the_tail_of_trains_schedule():
     )  # fmt: skip
     settings = lr_rewind_settings(cfg, train_size=100)
     assert (settings.epochs, settings.step_offset, settings.optimizer) == (4, 60, "sgd")
-    optimizer = train.make_optimizer(settings, total_steps=40)
+    import tf_keras  # what compile_model passes for a tf-keras model (kerasapi.keras_of)
+
+    optimizer = train.make_optimizer(settings, total_steps=40, keras=tf_keras)
     rate = optimizer._learning_rate  # the schedule (learning_rate is its current value)
     whole = train.make_optimizer(cfg.train, total_steps=100)._learning_rate
     for step in (0, 20, 39):
