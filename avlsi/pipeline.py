@@ -103,6 +103,7 @@ class Job:
         self.store = ModelStore(cfg.store.dir)
         self.steps = steps_of(cfg)
         self.metrics: dict[str, float] = {}
+        self.measured: dict[str, dict[str, float]] = {}  # prefix -> what measure() found
         self.data: Dataset | None = None
 
     def log(self, metrics: dict[str, float]) -> None:
@@ -115,9 +116,19 @@ class Job:
         if self.data.y_val is not None and len(self.data.y_val):
             metrics[f"{prefix}.val_accuracy"] = train.evaluate(model, self.data, split="val")
         metrics.update(size_metrics(model, prefix))
+        self.record_measured(metrics, prefix)
+
+    def record_measured(self, metrics: dict[str, float], prefix: str) -> None:
+        self.measured[prefix] = metrics
         self.log(metrics)
         if prefix != "baseline":
             self.log(relative_metrics(self.metrics, prefix))
+
+    def carry_over(self, measured: str, prefix: str) -> None:
+        """Log a model that nothing changed since it was measured as `measured` (0 epochs
+        of fine-tuning) under `prefix` with those numbers, instead of measuring it again."""
+        found = self.measured[measured].items()
+        self.record_measured({prefix + k.removeprefix(measured): v for k, v in found}, prefix)
 
     def log_stored(self, meta: dict, *prefixes: str) -> None:
         """Log an earlier stage's metrics from its store entry (stage-by-stage runs)."""
@@ -231,6 +242,7 @@ class Job:
     def finetune(self, model, masked: list[str]) -> None:
         cfg = self.cfg
         masks = masking.masks_from_zeros(model, masked) if masked else {}
+        unchanged = None
         if str(cfg.finetune.init) == "scratch":
             epochs = cfg.train.epochs + cfg.finetune.epochs
             heading(f"training the pruned architecture from scratch ({_epochs(epochs)})")
@@ -241,14 +253,19 @@ class Job:
         else:
             heading(f"fine-tuning ({_epochs(cfg.finetune.epochs)})")
             if masks:
-                masking.apply_masks(model, masks)
+                masking.apply_masks(model, masks)  # zeros already: the weights stay as they are
             settings = cfg.finetune
-        self.fit_and_record(model, settings, "finetuned")
+            if cfg.finetune.epochs == 0 and "pruned" in self.measured:
+                unchanged = "pruned"  # not trained: the model this job measured after pruning
+        self.fit_and_record(model, settings, "finetuned", unchanged)
         run_name = mlflow.active_run().info.run_name or "finetuned"
         record.log_keras_model(model, name=re.sub(r"[^A-Za-z0-9_-]", "-", run_name))
 
-    def fit_and_record(self, model, settings: DictConfig | str, prefix: str) -> None:
-        """Train with `settings` (or the config section of that name); log curves, size, file."""
+    def fit_and_record(
+        self, model, settings: DictConfig | str, prefix: str, unchanged: str | None = None
+    ) -> None:
+        """Train with `settings` (or the config section of that name); log curves, size, file.
+        With `unchanged` (a prefix measured before; 0 epochs), that measurement carries over."""
         phase = settings if isinstance(settings, str) else "finetune"
         section = self.cfg[settings] if isinstance(settings, str) else settings
         tf.keras.utils.set_random_seed(self.cfg.seed)
@@ -260,7 +277,10 @@ class Job:
             callbacks=[train.EpochLogger(phase, record.log_metrics)],
             phase=phase,
         )
-        self.measure(model, prefix)
+        if unchanged is None:
+            self.measure(model, prefix)
+        else:
+            self.carry_over(unchanged, prefix)
         record.log_model_file(_save(model, self.output_dir, prefix))
 
     def run(self) -> dict[str, float]:
