@@ -75,11 +75,13 @@ class ModelConfig:
     pool_every: int = 2  # a 2x2 max-pool after every `pool_every` conv layers (0: never)
     batch_norm: bool = False
     dropout: float = 0.0
+    keras: int = 2  # 2: tf-keras, 3: Keras 3 (the `keras` package)
 
 
 @dataclass
 class FileModelConfig:
-    """A saved tf-keras model (`.keras`, `.h5`, SavedModel folder): it is the baseline."""
+    """A saved Keras model (`.keras`, `.h5`, SavedModel folder): it is the baseline, loaded
+    with the Keras that wrote it (tf-keras or Keras 3, read from the file)."""
 
     _target_: str = "avlsi.models.file.load"
     name: str = "file"
@@ -88,12 +90,13 @@ class FileModelConfig:
 
 @dataclass
 class KerasAppConfig:
-    """Any `tf.keras.applications` constructor, built for the dataset's shape and classes."""
+    """Any `keras.applications` constructor, built for the dataset's shape and classes."""
 
     _target_: str = "avlsi.models.keras_app.build"
     name: str = MISSING  # the constructor, e.g. MobileNetV2
     weights: str | None = None  # a local weights file; default: random initial weights
     kwargs: dict[str, Any] = field(default_factory=dict)  # more arguments, e.g. alpha: 0.35
+    keras: int = 2  # 2: tf_keras.applications, 3: keras.applications (Keras 3)
 
 
 # model=builder: an open node (any key), passed to `_target_` as keyword arguments.
@@ -241,6 +244,19 @@ class FinetuneConfig(TrainConfig):
     init: FinetuneInit = FinetuneInit.pruned
 
 
+class SurgeryEngine(StrEnum):
+    """What removes the units (avlsi.surgery.delete_units)."""
+
+    auto = "auto"  # kerassurgeon for tf-keras models, native for Keras 3 ones
+    kerassurgeon = "kerassurgeon"  # tf-keras models only
+    native = "native"  # AVLSI's own engine: rebuilds the model from its config, both Kerases
+
+
+@dataclass
+class SurgeryConfig:
+    engine: SurgeryEngine = SurgeryEngine.auto
+
+
 @dataclass
 class MlflowConfig:
     tracking_uri: str = MISSING
@@ -274,6 +290,7 @@ class Config:
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -414,6 +431,9 @@ def check_config(cfg: DictConfig) -> None:
     from avlsi.models import check_model_config  # no TensorFlow yet
 
     check_model_config(cfg.model)
+    from avlsi.kerasjob import check_engine_early  # no TensorFlow yet
+
+    check_engine_early(cfg)
     if "prune" in steps:
         from avlsi.select import accepted_layer_types  # numpy only: no TensorFlow yet
 

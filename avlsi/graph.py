@@ -18,7 +18,8 @@ channels are read; `equivalence_error(model, pruned, removed)` compares a pruned
 that copy on random inputs (~1e-7 when the surgery was right).
 
 Only this module walks the Keras graph (tf-keras node API: `_nodes_by_depth`, each node's
-layer, input and output tensors; see `_calls` for the few lines a Keras 3 port changes).
+layer, input and output tensors; `_calls` reads Keras 3's names for them too). Everything here
+works on tf-keras and Keras 3 models: copies and probes are made with the model's own Keras.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ ELEMENTWISE_OPS = {
     "nn.relu6", "nn.sigmoid", "nn.silu", "nn.swish", "nn.gelu", "nn.elu", "nn.selu",
     "nn.leaky_relu", "clip_by_value",
 }  # fmt: skip
+# Keras 3 records ops on KerasTensors (`x + 1.0`, `keras.ops.relu(x)`) as Operation nodes of
+# these classes (keras.src.ops): followed like TFOpLambda's element-wise ops.
+KERAS3_ELEMENTWISE_OPS = {
+    "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Negative", "Maximum", "Minimum",
+    "Absolute", "Abs", "Square", "Sqrt", "Exp", "Tanh", "Relu", "Relu6", "Sigmoid", "Silu",
+    "Swish", "Gelu", "Elu", "Selu", "LeakyRelu", "HardSigmoid", "HardSilu", "HardSwish",
+    "Softplus", "Clip",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,10 @@ class Group:
     reason: str = ""  # "" when prunable; else why not, naming the layer
     macs: int = 0  # multiply-adds of the producers, one input
     consumers: tuple[Consumer, ...] = field(default=(), repr=False)
+    # Layers the channels pass through whose weights or config hold one entry per channel
+    # (BatchNorm, depthwise, PReLU, Normalization; Reshape's target shape): channel c of the
+    # group is their channel `offset + c` (`Consumer.rows` with positions = multiplier = 1).
+    followers: tuple[Consumer, ...] = field(default=(), repr=False)
 
     @property
     def prunable(self) -> bool:
@@ -124,7 +137,7 @@ def masked_copy(model, removed: dict[str, list[int]], groups: list[Group] | None
     through which those channels reach each consumer (next conv / dense kernels, across
     merges, concatenations and Flatten) are set to zero; nothing else changes.
     """
-    import tensorflow as tf
+    from avlsi.kerasapi import keras_of
 
     groups = pruning_groups(model) if groups is None else groups
     by_producer = {name: g for g in groups for name in g.producers}
@@ -140,7 +153,7 @@ def masked_copy(model, removed: dict[str, list[int]], groups: list[Group] | None
                 f"'{earlier[0]}' and '{name}' are coupled (group {group.index}) but lose "
                 f"different channels: {earlier[1][:8]} vs {chosen[:8]}"
             )
-    copy = tf.keras.models.clone_model(model)
+    copy = keras_of(model).models.clone_model(model)
     copy.set_weights(model.get_weights())
     for index, (_, chosen) in channels.items():
         if not chosen:
@@ -182,8 +195,9 @@ def logits(model, feed) -> list[np.ndarray]:
     differences (an untrained model's softmax is often uniform or saturated, so it equals
     itself whatever comes in). A Softmax / Activation layer at the end is skipped; a final
     Dense / Conv's softmax is switched off during the call."""
-    import tensorflow as tf
+    from avlsi.kerasapi import keras_of
 
+    keras = keras_of(model)
     outputs, swapped = [], []
     for tensor in model.outputs:
         layer = tensor._keras_history[0]
@@ -193,10 +207,11 @@ def logits(model, feed) -> list[np.ndarray]:
             continue
         if _activation(layer) in MIXING_ACTIVATIONS:
             swapped.append((layer, layer.activation))
-            layer.activation = tf.keras.activations.linear
+            layer.activation = keras.activations.linear
         outputs.append(tensor)
     try:
-        probe = tf.keras.Model(model.inputs, outputs)
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # as `feed`
+        probe = keras.Model(inputs, outputs)
         return [np.asarray(o) for o in _as_list(probe(feed, training=False))]
     finally:
         for layer, activation in swapped:
@@ -251,6 +266,7 @@ class _Set:
     producers: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
     consumers: list[Consumer] = field(default_factory=list)
+    followers: list[Consumer] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     label: str = ""  # a pseudo set: what these channels are
     macs: int = 0
@@ -311,7 +327,7 @@ class _Analysis:
         if len(labels) == 1:
             keep.reasons.append(f"{via} couples it with {labels[0]}")
         keep.label = keep.label or gone.label
-        for name in ("producers", "members", "consumers", "reasons"):
+        for name in ("producers", "members", "consumers", "followers", "reasons"):
             getattr(keep, name).extend(getattr(gone, name))
         keep.macs += gone.macs
         self.parent[rb] = ra
@@ -347,6 +363,8 @@ class _Analysis:
         if _mixes_channels(layer, kind, len(inputs[0].shape)):
             for s in first.sets:  # softmax: every output depends on every channel
                 self.find_set(s).reasons.append(f"{this} normalises across its channels")
+        if kind == "Reshape":
+            self.follow(first, name)
         if kind in PASS or kind == "Softmax" or kind == "Reshape" or kind == "Permute":
             self.put(outputs[0], first)
         elif kind in GLOBAL_POOL:
@@ -356,6 +374,7 @@ class _Analysis:
             self.put(outputs[0], _Tensor(first.sets, positions))
         elif kind in FOLLOW:
             self.add_member(first, name)
+            self.follow(first, name)
             self.put(outputs[0], first)
         elif kind in MERGE:
             full, broadcast = self.split_broadcast(ins)
@@ -395,6 +414,13 @@ class _Analysis:
             found = self.find_set(s)
             found.members.append(layer.name)
             found.consumers.append(consumer)
+            offset += self.sets[s].channels
+
+    def follow(self, layout: _Tensor, name: str) -> None:
+        """Record where each set of `layout` sits among the channels of `name`."""
+        offset = 0
+        for s in layout.sets:
+            self.find_set(s).followers.append(Consumer(name, offset))
             offset += self.sets[s].channels
 
     def split_broadcast(self, ins: list[_Tensor]) -> tuple[list[_Tensor], list[_Tensor]]:
@@ -444,6 +470,8 @@ class _Analysis:
             return "it moves the channel axis"
         if kind == "Permute" and tuple(layer.dims)[-1] != rank - 1:
             return "it moves the channel axis"
+        if kind == "Rescaling" and (np.ndim(layer.scale) or np.ndim(layer.offset)):
+            return "a scale or offset per channel"
         normalises = kind in {"BatchNormalization", "Normalization"}
         if normalises and _axes(layer.axis, rank) != [rank - 1]:
             return f"it normalises over axis {layer.axis}, not the channel axis"
@@ -487,6 +515,7 @@ class _Analysis:
                     reason=s.reasons[0] if s.reasons else "",
                     macs=s.macs,
                     consumers=tuple(s.consumers),
+                    followers=tuple(s.followers),
                 )
             )
         return found
@@ -494,18 +523,25 @@ class _Analysis:
 
 def _rule(layer, node, inputs) -> str:
     """The layer type whose rule applies: the class name; DepthwiseConv for a conv with one
-    group per channel; for an element-wise TFOpLambda with Python numbers as its other
-    arguments, Activation (one tensor) or Add (several)."""
+    group per channel; for an element-wise TFOpLambda (tf-keras) or op (Keras 3) with Python
+    numbers as its other arguments, Activation (one tensor) or Add (several); "Operation"
+    for any other Keras 3 op."""
     kind = type(layer).__name__
     groups = getattr(layer, "groups", 1)
     if kind in CONV and groups > 1 and groups == layer.filters == inputs[0].shape[-1]:
         return "DepthwiseConv"
-    if kind != "TFOpLambda" or getattr(layer, "symbol", None) not in ELEMENTWISE_OPS:
+    if type(layer).__module__.startswith("keras.src.ops."):  # a Keras 3 op, not a layer
+        if kind not in KERAS3_ELEMENTWISE_OPS:
+            return "Operation"
+        args = [*node.arguments.args, *node.arguments.kwargs.values()]
+        kind = "Operation"  # unless the arguments below make it element-wise
+    elif kind != "TFOpLambda" or getattr(layer, "symbol", None) not in ELEMENTWISE_OPS:
         return kind
-    args = [*getattr(node, "call_args", ()), *getattr(node, "call_kwargs", {}).values()]
+    else:
+        args = [*getattr(node, "call_args", ()), *getattr(node, "call_kwargs", {}).values()]
     tensors = [a for a in args if hasattr(a, "_keras_history")]
     others = [a for a in args if not hasattr(a, "_keras_history")]
-    plain = all(a is None or isinstance(a, int | float | str) for a in others)
+    plain = all(a is None or isinstance(a, int | float | str | np.number) for a in others)
     if not plain or len(tensors) != len(inputs) or not inputs:
         return kind
     return "Add" if len(inputs) > 1 else "Activation"

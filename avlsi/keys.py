@@ -1,7 +1,7 @@
 """Keys: what determines a result, hashed, so that equal keys mean equal results.
 
-Every key covers the config that computes the result, the TensorFlow / tf-keras versions,
-a fingerprint of AVLSI's own source files and a fingerprint of the data file's content:
+Every key covers the config that computes the result, the TensorFlow / tf-keras / Keras 3
+versions, a fingerprint of AVLSI's own source files and a fingerprint of the data file's content:
 a sweep after a code change or after a data file is replaced runs again, a sweep after a
 change to the README or the tests does not. `dataset.path` itself is not part of any key
 (its content is): a data file moved elsewhere keeps its keys.
@@ -231,10 +231,19 @@ def builder_fingerprint(target: str) -> str:
 
 
 def _environment() -> dict[str, str]:
+    """The versions that compute results: TensorFlow, tf-keras and Keras 3 (a model is in one
+    of them; which one is in the model's keys: `model.keras`, a file's content, a builder's
+    source)."""
+    from importlib.metadata import version
+
     import tensorflow as tf
     import tf_keras
 
-    return {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__}
+    return {
+        "tensorflow": tf.__version__,
+        "tf_keras": tf_keras.__version__,
+        "keras": version("keras"),
+    }
 
 
 def job_parts(cfg: DictConfig) -> dict[str, Any]:
@@ -276,6 +285,8 @@ def pruned_key(cfg: DictConfig) -> str:
     """The baseline's key plus everything that determines how it was pruned."""
     psize = effective_psize(cfg)
     parts = {"baseline": baseline_key(cfg), "criterion": _plain(cfg.criterion), "psize": psize}
+    engine = OmegaConf.select(cfg, "surgery.engine", default="auto")
+    parts["surgery_engine"] = str(getattr(engine, "value", engine))
     shown = "" if psize is None else f"-p{psize}"
     prefix = f"{cfg.model.name}-{cfg.dataset.name}-{cfg.criterion.name}{shown}-s{cfg.seed}"
     return config_key(prefix, parts)

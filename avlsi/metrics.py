@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from avlsi.kerasapi import is_keras3, keras_of, keras_version
+
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +67,8 @@ def _separable(layer, i, o) -> int:
 
 
 def _depthwise(layer, i, o) -> int:
-    return _spatial(layer, o) * _size(layer.depthwise_kernel.shape)
+    kernel = layer.kernel if is_keras3(layer) else layer.depthwise_kernel  # Keras 3's name
+    return _spatial(layer, o) * _size(kernel.shape)
 
 
 def _transposed(layer, i, o) -> int:
@@ -88,19 +91,17 @@ def _lookup(layer, i, o) -> int:
     return 0
 
 
-def _layer_kinds():
-    """(layer classes, macs(layer, input shape, output shape)), most specific first."""
-    import tf_keras as keras
+def _layer_kinds(version: int = 2):
+    """(layer classes, macs(layer, input shape, output shape)), most specific first, for the
+    layers of tf-keras (version 2) or Keras 3."""
+    from avlsi.kerasapi import keras_module
+    from avlsi.models import application_layers
 
-    L = keras.layers
+    L = keras_module(version).layers
     affine = [L.BatchNormalization, L.LayerNormalization, L.GroupNormalization]
     affine += [L.Normalization, L.PReLU]
-    try:  # keras.applications' ConvNeXt scales every channel by a learned gamma
-        from tf_keras.src.applications.convnext import LayerScale
-
-        affine.append(LayerScale)
-    except ImportError:  # pragma: no cover - a tf-keras without ConvNeXt
-        pass
+    # keras.applications' ConvNeXt scales every channel by a learned gamma (LayerScale)
+    affine += list(application_layers(version).values())
     return [
         ((L.SeparableConv1D, L.SeparableConv2D), _separable),
         ((L.DepthwiseConv1D, L.DepthwiseConv2D), _depthwise),
@@ -113,13 +114,14 @@ def _layer_kinds():
 
 
 @functools.cache
-def _kinds():
-    return _layer_kinds()
+def _kinds(version: int = 2):
+    return _layer_kinds(version)
 
 
 def call_macs(layer, input_shape, output_shape) -> int:
     """Multiply-adds of one call of `layer` (0 for a kind the counter does not know)."""
-    rule = next((macs for classes, macs in _kinds() if isinstance(layer, classes)), None)
+    kinds = _kinds(keras_version(layer))
+    rule = next((macs for classes, macs in kinds if isinstance(layer, classes)), None)
     return int(rule(layer, tuple(input_shape), tuple(output_shape))) if rule else 0
 
 
@@ -152,7 +154,20 @@ def _first(shapes):
 
 
 def _calls(model):
-    """(layer, input shape, output shape) for every call of a layer inside `model`'s graph."""
+    """(layer, input shape, output shape) for every call of a layer inside `model`'s graph.
+
+    tf-keras keys the graph's nodes `<layer name>_ib-<index>` in `model._network_nodes` and
+    gives each node's shapes; Keras 3 keys them `<id(layer)>_ib-<index>` in `_nodes` (of a
+    Sequential's `_functional`) and its nodes hold the tensors, whose shapes are read."""
+    if is_keras3(model):
+        graph = getattr(model, "_functional", None) or model
+        for layer in model.layers:
+            for index, node in enumerate(layer._inbound_nodes):
+                if f"{id(layer)}_ib-{index}" in graph._nodes:
+                    outputs = node.output_tensors
+                    inputs = node.input_tensors or outputs  # an InputLayer has none
+                    yield layer, tuple(inputs[0].shape), tuple(outputs[0].shape)
+        return
     from tf_keras.src.engine.functional import _make_node_key
 
     for layer in model.layers:
@@ -163,26 +178,31 @@ def _calls(model):
 
 def _at_shape(inner, shape):
     """`inner`, or a copy of it built for `shape` when its own graph leaves sizes undefined."""
-    import tf_keras as keras
+    from avlsi.models import is_graph_model
 
-    if not getattr(inner, "_is_graph_network", False) or len(inner.inputs) != 1:
+    if not is_graph_model(inner) or len(inner.inputs) != 1:
         return inner
     if None not in tuple(inner.inputs[0].shape)[1:] or None in shape[1:]:
         return inner
+    keras = keras_of(inner)
     return keras.models.clone_model(inner, input_tensors=keras.Input(batch_shape=shape))
 
 
-def _count(model, kinds, out: MacsCount, prefix: str, seen: set[int]) -> None:
-    import tf_keras as keras
+def _is_model(layer) -> bool:
+    return isinstance(layer, keras_of(layer).Model)
 
-    if not getattr(model, "_is_graph_network", False):
+
+def _count(model, kinds, out: MacsCount, prefix: str, seen: set[int]) -> None:
+    from avlsi.models import is_graph_model
+
+    if not is_graph_model(model):
         out.uncounted[prefix.removesuffix("::") or model.name] = model.count_params()
         return
     for layer, in_shape, out_shape in _calls(model):
         name = prefix + layer.name
         first_visit = id(layer) not in seen
         seen.add(id(layer))
-        if isinstance(layer, keras.Model):
+        if _is_model(layer):
             inner = MacsCount()
             _count(_at_shape(layer, in_shape), kinds, inner, name + "::", set() | seen)
             out.total += inner.total
@@ -206,7 +226,7 @@ def _count(model, kinds, out: MacsCount, prefix: str, seen: set[int]) -> None:
 def macs_report(model) -> MacsCount:
     """Count `model`'s multiply-adds (see the module's conventions); warn about what is not."""
     out = MacsCount(params=count_params(model))
-    _count(model, _kinds(), out, "", set())
+    _count(model, _kinds(keras_version(model)), out, "", set())
     for name, params in out.uncounted.items():
         log.warning(
             "multiply-adds: layer '%s' (%s parameters) is of a kind the counter does not know; "

@@ -9,16 +9,16 @@ import shutil
 from pathlib import Path
 
 import mlflow
-import tensorflow as tf
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 import avlsi  # noqa: F401
-from avlsi import masking, memory, record, train
+from avlsi import kerasjob, masking, memory, record, train
 from avlsi.config import check_config, effective_psize, stage_command, steps_of
 from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.data import Dataset, hold_out_validation
 from avlsi.errors import UserError
+from avlsi.kerasapi import keras_version
 from avlsi.keys import (
     baseline_key,
     code_fingerprint,
@@ -30,7 +30,7 @@ from avlsi.keys import (
     pruned_key,
 )
 from avlsi.metrics import relative_metrics, size_metrics
-from avlsi.models import application_layers, build_model
+from avlsi.models import build_model
 from avlsi.store import ModelStore
 from avlsi.targets import (
     Targets,
@@ -70,7 +70,7 @@ def load_data(cfg: DictConfig) -> Dataset:
 
 
 def _load(path: Path):
-    return tf.keras.models.load_model(path, compile=False, custom_objects=application_layers())
+    return kerasjob.load_model(path)  # with the Keras that saved it
 
 
 def _save(model, output_dir: Path, name: str) -> Path:
@@ -80,10 +80,8 @@ def _save(model, output_dir: Path, name: str) -> Path:
 
 
 def _copy(model):
-    """A new model with the same architecture and weights."""
-    twin = tf.keras.models.clone_model(model)
-    twin.set_weights(model.get_weights())
-    return twin
+    """A new model with the same architecture and weights (in the model's Keras)."""
+    return kerasjob.copy_model(model)
 
 
 def heading(text: str) -> None:
@@ -170,6 +168,7 @@ class Job:
         """What the criterion will prune; a layer or model it cannot prune fails here."""
         if "prune" not in self.steps or not self.cfg.criterion.prunes:
             return None
+        kerasjob.check_engine(self.cfg, keras_version(model))  # kerassurgeon on Keras 3
         targets = prune_targets(model, self.cfg.criterion)
         check_something_goes(targets, self.cfg.criterion, self.cfg.psize)
         return targets
@@ -189,8 +188,8 @@ class Job:
             units = select_group_units(scores, targets, criterion, cfg.psize)
             mlflow.log_dict(units, "pruned_units.json")
             removed = sum(len(v) for v in units.values())
-            heading(f"surgery: removing {removed} units from {len(units)} layers")
-            pruned = self.surgery(model, units)
+            what = f"removing {removed} units from {len(units)} layers"
+            pruned = self.surgery(model, units, what)
         else:
             heading(f"zeroing weights by magnitude ({len(targets.layers)} layers)")
             pruned = _copy(model)
@@ -210,13 +209,18 @@ class Job:
         self.store.put(PRUNED, pruned_key(cfg), pruned, meta)
         return pruned, masked
 
-    def surgery(self, model, units: dict[str, list[int]]):
-        """Remove the units, then prove it: the pruned model must compute what the original
-        computes with the removed channels' outgoing weights zeroed (else SurgeryError)."""
+    def surgery(self, model, units: dict[str, list[int]], what: str):
+        """Remove the units with `surgery.engine` (the engine used is logged), then prove it:
+        the pruned model must compute what the original computes with the removed channels'
+        outgoing weights zeroed (else SurgeryError)."""
         from avlsi.graph import equivalence_error
-        from avlsi.surgery import SurgeryError, delete_units
+        from avlsi.surgery import SurgeryError, delete_units, resolve_engine
 
-        pruned = delete_units(model, units)
+        engine = kerasjob.engine_setting(self.cfg)
+        used = resolve_engine(model, engine)
+        mlflow.log_param("surgery.engine_used", used)
+        heading(f"surgery with the {used} engine: {what}")
+        pruned = delete_units(model, units, engine=engine)
         error = equivalence_error(model, pruned, units, samples=2, seed=self.cfg.seed)
         self.log({"pruned.equivalence_error": error})
         if not error <= EQUIVALENCE_TOLERANCE:
@@ -246,7 +250,7 @@ class Job:
         if str(cfg.finetune.init) == "scratch":
             epochs = cfg.train.epochs + cfg.finetune.epochs
             heading(f"training the pruned architecture from scratch ({_epochs(epochs)})")
-            model = tf.keras.models.clone_model(model)  # fresh initial weights
+            model = kerasjob.copy_model(model, weights=False)  # fresh initial weights
             if masks:
                 masking.apply_masks(model, masks)
             settings = OmegaConf.merge(cfg.train, {"epochs": epochs})
@@ -268,7 +272,7 @@ class Job:
         With `unchanged` (a prefix measured before; 0 epochs), that measurement carries over."""
         phase = settings if isinstance(settings, str) else "finetune"
         section = self.cfg[settings] if isinstance(settings, str) else settings
-        tf.keras.utils.set_random_seed(self.cfg.seed)
+        kerasjob.set_seed(model, self.cfg.seed)
         train.fit(
             model,
             self.data,

@@ -481,23 +481,30 @@ def log_dataset(data, name: str, digest: str) -> None:
 
 
 def log_keras_model(model, name: str = "model") -> None:
-    """A tf-keras model as an MLflow model with its input/output signature (Models tab)."""
-    import mlflow.tensorflow
+    """The model as an MLflow model with its input/output signature (Models tab): flavour
+    `keras` (mlflow.keras) for a Keras 3 model, `tensorflow` (mlflow.tensorflow) for tf-keras."""
+    from importlib.metadata import version
+
     import numpy as np
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
+
+    from avlsi.kerasapi import is_keras3
 
     def spec(tensor) -> Schema:
         return Schema([TensorSpec(np.dtype("float32"), (-1, *tensor.shape[1:]))])
 
     signature = ModelSignature(inputs=spec(model.inputs[0]), outputs=spec(model.outputs[0]))
-    import tensorflow as tf
-    import tf_keras
+    if is_keras3(model):
+        import mlflow.keras
 
-    requirements = [f"tensorflow=={tf.__version__}", f"tf-keras=={tf_keras.__version__}"]
-    mlflow.tensorflow.log_model(
-        model, name=name, signature=signature, pip_requirements=requirements
-    )
+        flavour, keras_package = mlflow.keras, "keras"
+    else:
+        import mlflow.tensorflow
+
+        flavour, keras_package = mlflow.tensorflow, "tf-keras"
+    requirements = [f"{p}=={version(p)}" for p in ("tensorflow", keras_package)]
+    flavour.log_model(model, name=name, signature=signature, pip_requirements=requirements)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

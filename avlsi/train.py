@@ -1,4 +1,9 @@
-"""Training, fine-tuning and evaluation with Keras' own loop and progress bars."""
+"""Training, fine-tuning and evaluation with Keras' own loop and progress bars.
+
+Optimizers, schedules and losses come from the model's own Keras (tf-keras or Keras 3):
+`make_optimizer(settings, keras=...)` and `compile_model(model, ...)` ask
+`avlsi.kerasapi.keras_of(model)`.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,19 @@ import tensorflow as tf
 import avlsi  # noqa: F401
 from avlsi.config import TrainConfig
 from avlsi.errors import UserError
+from avlsi.kerasapi import is_keras3, keras_of
 from avlsi.models import ends_in_softmax
 
 
 def seed_everything(seed: int) -> None:
-    """Same config and seed -> same numbers on the same machine."""
+    """Same config and seed -> same numbers on the same machine (Keras 3 too, if loaded:
+    its layer names and global seed generator are its own)."""
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(seed)
+    if "keras" in sys.modules:
+        keras3 = sys.modules["keras"]
+        keras3.backend.clear_session()
+        keras3.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
 
@@ -35,33 +46,37 @@ def _option(settings, key: str):
     return getattr(value, "value", value)  # an enum member -> its string
 
 
-def make_optimizer(settings=None, total_steps: int = 0):
+def make_optimizer(settings=None, total_steps: int = 0, keras=None):
     """The optimizer a `train` / `finetune` section asks for (`optimizer`, `learning_rate`,
     `momentum`, `weight_decay`, `lr_schedule`); a float means Adam at that learning rate.
+    `keras`: the Keras package whose optimizer it is (default tf-keras).
 
     `cosine` decays the learning rate to 0 over `total_steps` (the phase's batches);
     `weight_decay` is Keras' decoupled decay (w -= lr * weight_decay * w each step)."""
+    keras = keras or tf.keras
     if isinstance(settings, int | float):
         settings = {"learning_rate": float(settings)}
     rate = float(_option(settings, "learning_rate"))
     if _option(settings, "lr_schedule") == "cosine" and total_steps > 0:
-        rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=int(total_steps))
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=int(total_steps))
     decay = _option(settings, "weight_decay")
     name = _option(settings, "optimizer")
     if name == "sgd":
         momentum = float(_option(settings, "momentum"))
-        return tf.keras.optimizers.SGD(rate, momentum=momentum, weight_decay=decay or None)
+        return keras.optimizers.SGD(rate, momentum=momentum, weight_decay=decay or None)
     if name == "adamw":
         decay = ADAMW_DEFAULT_DECAY if decay is None else float(decay)
-        return tf.keras.optimizers.AdamW(rate, weight_decay=decay)
-    return tf.keras.optimizers.Adam(rate)  # config checks refuse adam with weight_decay > 0
+        return keras.optimizers.AdamW(rate, weight_decay=decay)
+    return keras.optimizers.Adam(rate)  # config checks refuse adam with weight_decay > 0
 
 
 def compile_model(model, settings=None, total_steps: int = 0) -> None:
     """Compile for training with `settings` (see `make_optimizer`) and sparse categorical
     cross-entropy, on logits or probabilities as the model's output is (softmax or not)."""
-    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model))
-    model.compile(optimizer=make_optimizer(settings, total_steps), loss=loss, metrics=["accuracy"])
+    keras = keras_of(model)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model))
+    optimizer = make_optimizer(settings, total_steps, keras)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
 def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: str = "train"):
@@ -89,13 +104,18 @@ def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: st
 
 def evaluate(model, data, batch_size: int = 512, split: str = "test") -> float:
     """Accuracy in [0, 1] on the test (or `split="val"`: validation) set."""
-    if not model.compiled_loss:
+    if not is_compiled(model):
         compile_model(model)
     try:
         _, accuracy = model.evaluate(**data.keras_inputs(split, batch_size), verbose=0)
     except tf.errors.InvalidArgumentError as exc:
         raise data.read_error(exc, split) from None
     return float(accuracy)
+
+
+def is_compiled(model) -> bool:
+    """Whether `model` was compiled (tf-keras: a compiled loss; Keras 3: `model.compiled`)."""
+    return bool(model.compiled if is_keras3(model) else model.compiled_loss)
 
 
 class EpochLogger(tf.keras.callbacks.Callback):

@@ -1,7 +1,12 @@
-"""Which keras.applications models AVLSI can prune: the prunability table of issue 9.
+"""Which keras.applications models AVLSI can prune: the prunability table of issues 9 and 10.
 
     .venv/bin/python benchmarks/prunability.py                     # all 12 models, 96x96x3
     .venv/bin/python benchmarks/prunability.py --models MobileNetV2,ResNet50 --size 64
+    .venv/bin/python benchmarks/prunability.py --keras 3           # Keras 3 only
+
+Every model is measured in each Keras of `--keras` (default both): tf-keras (2), pruned by
+the kerassurgeon engine as a job does by default, and Keras 3 (3), pruned by the native engine
+(`avlsi.surgery`'s "auto"). A table per Keras, then one that puts them side by side.
 
 Each model is built with `weights=None` for `--size`x`--size`x3 inputs and 10 classes (a
 model that refuses that size is built at the smallest of 96, 128, ..., 224 it accepts, and
@@ -18,14 +23,16 @@ prune_targets`: every prunable group but the first conv's and the outputs'); l1 
 (sum |kernel| per output unit, averaged over a group's producers); 30% of each group's
 channels removed in one surgery (`avlsi.surgery.delete_units`); the equivalence check
 (`avlsi.graph.equivalence_error` <= 1e-5); the pruned model saved to `.keras`, reloaded
-and run (its outputs must equal the pruned model's). A model that fails a step is a row
+and run (its outputs must equal the pruned model's); Keras 3 models reload with plain
+`keras.saving.load_model`, no custom objects. A model that fails a step is a row
 with the step and the message, e.g. the surgery's refusal naming the layer; an exception
 that is not a clean `avlsi` error is marked NOT CLEAN with its type and source line.
 
 Columns: groups prunable / found; `prunable params` = share of the parameters in layers
 that are members of a prunable group (their weights change when its channels go); params
 and multiply-adds (`avlsi.metrics`) before -> after and the fraction kept; the equivalence
-error; seconds for the whole row (build to reload).
+error; seconds for the whole row (build to reload); seconds of the surgery alone. MACs
+show "-" where `avlsi.metrics` cannot count the model (Keras 3 before it learns to).
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ class Row:
     """One model's line of the table; `error` names the step that failed and why."""
 
     model: str
+    keras: int = 2  # 2: tf-keras, 3: Keras 3
+    engine: str = ""
     size: int = 0
     note: str = ""
     groups: int = 0
@@ -85,18 +94,20 @@ class Row:
     reloaded: bool = False
     error: str = ""
     seconds: float = 0.0
+    surgery_seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
         return not self.error and self.reloaded and self.equivalence <= TOLERANCE
 
 
-def build(name: str, size: int, classes: int = 10, **kwargs):
-    """`keras.applications.<name>` with no weights for size x size x 3 inputs, or at the
-    smallest FALLBACK_SIZES size it accepts; returns (model, size used, note)."""
-    import tensorflow as tf
+def build(name: str, size: int, classes: int = 10, keras_version: int = 2, **kwargs):
+    """`keras.applications.<name>` (tf-keras for 2, Keras 3 for 3) with no weights for size x
+    size x 3 inputs, or at the smallest FALLBACK_SIZES size it accepts; returns (model, size
+    used, note)."""
+    from avlsi.kerasapi import keras_module
 
-    constructor = getattr(tf.keras.applications, name)
+    constructor = getattr(keras_module(keras_version).applications, name)
     first_error = None
     for tried in (size, *(s for s in FALLBACK_SIZES if s > size)):
         try:
@@ -120,7 +131,7 @@ def unsettle(model, seed: int = 0) -> None:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    scales = ("gamma", "moving_variance")  # variable names of tf-keras' own layers
+    scales = ("gamma", "moving_variance")  # variable names of both Kerases' own layers
     shifts = ("beta", "moving_mean", "bias")
     for variable in model.weights:
         name = variable.name.split("/")[-1].split(":")[0]
@@ -128,6 +139,9 @@ def unsettle(model, seed: int = 0) -> None:
             variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
         elif name in shifts:
             variable.assign(rng.normal(0.0, 0.2, variable.shape).astype("float32"))
+    for layer in model.layers:  # ConvNeXt's layer scale (Keras 3 names it `variable`)
+        if type(layer).__name__ == "LayerScale":
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.get_weights()])
 
 
 def l1_criterion():
@@ -148,7 +162,8 @@ def member_params(model, groups) -> int:
 
 
 def prune_l1(model, psize: float):
-    """What a `criterion=l1` layerwise job removes, and the pruned model."""
+    """What a `criterion=l1` layerwise job removes, and the pruned model (the engine a job
+    uses by default: kerassurgeon for tf-keras, native for Keras 3)."""
     from avlsi.criteria.l1 import score
     from avlsi.surgery import delete_units
     from avlsi.targets import prune_targets, select_group_units
@@ -161,8 +176,8 @@ def prune_l1(model, psize: float):
 
 
 def own_classes(model) -> dict[str, type]:
-    """The model's layer classes from outside tf-keras' layers (e.g. ConvNeXt's LayerScale)."""
-    builtin = ("tf_keras.src.layers.", "tf_keras.src.engine.")
+    """The model's layer classes from outside Keras' layers (e.g. ConvNeXt's LayerScale)."""
+    builtin = ("tf_keras.src.layers.", "tf_keras.src.engine.", "keras.src.layers.")
     return {
         type(layer).__name__: type(layer)
         for layer in model.layers
@@ -173,20 +188,22 @@ def own_classes(model) -> dict[str, type]:
 def reload_and_run(pruned, folder: Path) -> str:
     """Save to .keras, load (safe mode), check the reloaded model computes the same; returns
     a note when loading needed `custom_objects` (tf-keras cannot reload its own ConvNeXt
-    without them, pruned or not)."""
+    without them, pruned or not; Keras 3 gets no such help)."""
     import numpy as np
-    import tensorflow as tf
 
+    from avlsi.kerasapi import is_keras3, keras_of
+
+    keras = keras_of(pruned)
     path = folder / f"{pruned.name}.keras"
     pruned.save(path)
     note = ""
     try:
-        loaded = tf.keras.models.load_model(path, compile=False)
+        loaded = keras.saving.load_model(path, compile=False)
     except Exception:
         custom = own_classes(pruned)
-        if not custom:
+        if not custom or is_keras3(pruned):
             raise
-        loaded = tf.keras.models.load_model(path, compile=False, custom_objects=custom)
+        loaded = keras.saving.load_model(path, compile=False, custom_objects=custom)
         note = f"reloaded with custom_objects={{{', '.join(custom)}}}"
     x = np.random.default_rng(1).standard_normal((2, *pruned.input_shape[1:]), dtype=np.float32)
     want, got = pruned(x, training=False), loaded(x, training=False)
@@ -195,33 +212,53 @@ def reload_and_run(pruned, folder: Path) -> str:
     return note
 
 
-def measure(name: str, size: int = 96, psize: float = 0.3, **kwargs) -> Row:
-    """Build, analyse, prune, check, save and reload one model; a failure is a row too."""
-    import tensorflow as tf
+def macs_of(model):
+    """`avlsi.metrics.macs_report(model)`, or None for a Keras 3 model it cannot count yet."""
+    from avlsi.kerasapi import is_keras3
+    from avlsi.metrics import macs_report
 
+    if not is_keras3(model):
+        return macs_report(model)
+    try:
+        report = macs_report(model)
+    except Exception:  # noqa: BLE001 - the counter does not know Keras 3 (yet)
+        return None
+    return report if report.total else None
+
+
+def measure(name: str, size: int = 96, psize: float = 0.3, keras_version: int = 2, **kwargs):
+    """Build, analyse, prune, check, save and reload one model; a failure is a row too."""
     from avlsi.errors import UserError
     from avlsi.graph import equivalence_error, pruning_groups
-    from avlsi.metrics import count_params, macs_report
+    from avlsi.kerasapi import keras_module
+    from avlsi.metrics import count_params
+    from avlsi.surgery import resolve_engine
 
     start = time.perf_counter()
-    row = Row(name)
+    row = Row(name, keras=keras_version)
     step = "build"
     try:
-        tf.keras.backend.clear_session()
-        model, row.size, row.note = build(name, size, **kwargs)
+        keras_module(keras_version).backend.clear_session()
+        model, row.size, row.note = build(name, size, keras_version=keras_version, **kwargs)
+        row.engine = resolve_engine(model, "auto")
         unsettle(model)
-        before = macs_report(model)
-        row.params, row.macs, row.coverage = count_params(model), before.total, before.coverage
+        before = macs_of(model)
+        row.params = count_params(model)
+        if before is not None:
+            row.macs, row.coverage = before.total, before.coverage
         step = "graph"
         groups = pruning_groups(model)
         row.groups, row.prunable = len(groups), sum(g.prunable for g in groups)
         row.prunable_params = member_params(model, groups) / max(1, row.params)
         row.refusals = dict(Counter(g.reason for g in groups if not g.prunable))
         step = "prune"
+        surgery_start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # kerassurgeon prints every layer
             targets, units, pruned = prune_l1(model, psize)
+        row.surgery_seconds = time.perf_counter() - surgery_start
         row.pruned_groups = len(targets.groups)
-        row.params_after, row.macs_after = count_params(pruned), macs_report(pruned).total
+        after = macs_of(pruned)
+        row.params_after, row.macs_after = count_params(pruned), after.total if after else 0
         step = "equivalence"
         row.equivalence = equivalence_error(model, pruned, units, samples=2, seed=0)
         step = "save/reload"
@@ -245,9 +282,15 @@ def _millions(n: int) -> str:
 
 
 def _before_after(before: int, after: int) -> str:
+    if not before:
+        return "-"
     if not after:
         return f"{_millions(before)} -> -"
     return f"{_millions(before)} -> {_millions(after)} ({after / before:.2f})"
+
+
+def _coverage(r: Row) -> str:
+    return f"{r.coverage:.3f}" if r.macs else "-"
 
 
 def table(rows: list[Row]) -> str:
@@ -255,15 +298,16 @@ def table(rows: list[Row]) -> str:
     header = (
         "| model | input | groups prunable / found | pruned groups | prunable params "
         "| params before -> after (kept) | MACs before -> after (kept) | MACs coverage "
-        "| equivalence | reload | seconds |"
+        "| equivalence | reload | seconds | surgery s |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r.model} | {r.size or ''} | {r.prunable} / {r.groups} | {r.pruned_groups} "
             f"| {r.prunable_params:.0%} | {_before_after(r.params, r.params_after)} "
-            f"| {_before_after(r.macs, r.macs_after)} | {r.coverage:.3f} "
-            f"| {r.equivalence:.1e} | {'ok' if r.reloaded else 'FAIL'} | {r.seconds:.0f} |"
+            f"| {_before_after(r.macs, r.macs_after)} | {_coverage(r)} "
+            f"| {r.equivalence:.1e} | {'ok' if r.reloaded else 'FAIL'} | {r.seconds:.0f} "
+            f"| {r.surgery_seconds:.1f} |"
         )
     passed = sum(r.passed for r in rows)
     lines.append("")
@@ -283,25 +327,84 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+KERAS_NAMES = {2: "tf-keras", 3: "Keras 3"}
+
+
+def _kept(before: int, after: int) -> str:
+    return f"{after / before:.2f}" if before and after else "-"
+
+
+def _summary(r: Row | None) -> list[str]:
+    if r is None:
+        return ["", "", "", ""]
+    if not r.passed:
+        step = r.error.split(":")[0] if r.error else "check"
+        return [f"{r.prunable} / {r.groups}", "-", "-", f"FAIL ({step})"]
+    return [
+        f"{r.prunable} / {r.groups}",
+        _kept(r.params, r.params_after),
+        _kept(r.macs, r.macs_after),
+        f"{r.equivalence:.1e}, {r.surgery_seconds:.1f} s",
+    ]
+
+
+def side_by_side(rows: list[Row]) -> str:
+    """One line per model: groups prunable / found, params and MACs kept, equivalence and
+    surgery seconds, in tf-keras (kerassurgeon engine) and in Keras 3 (native engine)."""
+    versions = sorted({r.keras for r in rows})
+    by = {(r.model, r.keras): r for r in rows}
+    names = list(dict.fromkeys(r.model for r in rows))
+    header = ["model"]
+    for v in versions:
+        engine = next((r.engine for r in rows if r.keras == v and r.engine), "")
+        label = f"{KERAS_NAMES[v]} ({engine})" if engine else KERAS_NAMES[v]
+        header += [f"{label}: prunable / found", "params kept", "MACs kept", "equivalence, surgery"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        cells = [name]
+        for v in versions:
+            cells += _summary(by.get((name, v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for v in versions:
+        mine = [r for r in rows if r.keras == v]
+        passed = sum(r.passed for r in mine)
+        lines.append(f"{KERAS_NAMES[v]}: {passed} of {len(mine)} models pass.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names")
     parser.add_argument("--size", type=int, default=96, help="input height and width")
     parser.add_argument("--psize", type=float, default=0.3, help="share of each group to remove")
+    parser.add_argument("--keras", default="2,3", help="2 (tf-keras), 3 (Keras 3) or 2,3")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    import tensorflow as tf
+    versions = [v.strip() for v in args.keras.split(",") if v.strip()]
+    if not versions or any(v not in ("2", "3") for v in versions):
+        print(f"avlsi: error: --keras takes 2, 3 or 2,3, not {args.keras!r}", file=sys.stderr)
+        return 2
+    from avlsi.kerasapi import keras_module
 
-    unknown = [n for n in names if not hasattr(tf.keras.applications, n)]
+    unknown = [n for n in names if not hasattr(keras_module(2).applications, n)]
     if unknown:
         print(f"avlsi: error: not in keras.applications: {', '.join(unknown)}", file=sys.stderr)
         return 2
     rows = []
-    for name in names:
-        row = measure(name, args.size, args.psize)
-        print(f"{name}: {'ok' if row.passed else 'FAIL'} in {row.seconds:.0f} s", flush=True)
-        rows.append(row)
-    print(table(rows))
+    for version in map(int, versions):
+        for name in names:
+            row = measure(name, args.size, args.psize, keras_version=version)
+            state = "ok" if row.passed else "FAIL"
+            print(f"{name} ({KERAS_NAMES[version]}): {state} in {row.seconds:.0f} s", flush=True)
+            rows.append(row)
+    for version in map(int, versions):
+        engine = next((r.engine for r in rows if r.keras == version and r.engine), "?")
+        print(f"\n{KERAS_NAMES[version]}, {engine} engine:\n")
+        print(table([r for r in rows if r.keras == version]))
+    if len(versions) > 1:
+        print("\nSide by side:\n")
+        print(side_by_side(rows))
     return 0 if all(r.passed for r in rows) else 1
 
 

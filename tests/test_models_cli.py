@@ -3,9 +3,6 @@ arguments, a keras.applications model; and every mistake with them in one line."
 
 import json
 import math
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -177,26 +174,6 @@ def test_a_keras_application_builds_for_the_dataset(cli):
     assert run.data.params["model.kwargs.alpha"] == "0.35"
 
 
-@pytest.fixture(scope="module")
-def keras3_file(tmp_path_factory) -> Path:
-    """A model saved by plain Keras 3, in a process without tf-keras."""
-    path = tmp_path_factory.mktemp("keras3") / "model.keras"
-    code = (
-        "import keras\n"
-        "m = keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Flatten(),"
-        " keras.layers.Dense(10)])\n"
-        f"m.save({str(path)!r})\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
-    return path
-
-
-def test_a_keras3_file_is_refused_in_one_sentence(cli, keras3_file):
-    proc = cli(*job("model=file", f"model.path={keras3_file}"), tiny=False)
-    assert_one_line_error(proc, "Keras 3", "not support", "tf-keras")
-
-
 @pytest.mark.parametrize(
     ("overrides", "needles"),
     [
@@ -214,6 +191,9 @@ def test_a_keras3_file_is_refused_in_one_sentence(cli, keras3_file):
         (["finetune.lr_schedule=step"], ["step", "constant, cosine"]),
         (["train.weight_decay=0.01"], ["train.optimizer=adamw"]),
         (["finetune.momentum=1"], ["finetune.momentum=1"]),
+        (["surgery.engine=scalpel"], ["scalpel", "auto, kerassurgeon, native"]),
+        (["model.keras=3", "surgery.engine=kerassurgeon"], ["kerassurgeon", "Keras 3", "native"]),
+        (["model=keras_app", "model.name=VGG16", "model.keras=4"], ["model.keras=4", "3"]),
     ],
 )
 def test_model_and_optimizer_mistakes_are_one_line_before_tensorflow(cli, overrides, needles):

@@ -32,6 +32,16 @@ def test_small_application_prunes_checks_and_reloads(name):
     assert f"| {name} | 32 |" in text and "1 of 1 models pass" in text
 
 
+@pytest.mark.slow
+def test_a_keras3_application_is_pruned_natively_and_reloads_with_plain_keras():
+    row = prunability.measure("MobileNetV2", 32, 0.3, keras_version=3, alpha=0.35)
+    assert row.error == "", row.error
+    assert row.passed and row.engine == "native" and row.keras == 3, row
+    assert 0 < row.pruned_groups < row.prunable <= row.groups, row
+    assert row.params_after < 0.8 * row.params, row
+    assert "| MobileNetV2 | 25 / 26 | 0.5" in prunability.side_by_side([row])
+
+
 def test_a_refused_size_falls_back_and_says_so():
     model, size, note = prunability.build("MobileNet", 16, alpha=0.25)  # needs 32 or more
     assert (size, model.input_shape) == (96, (None, 96, 96, 3))

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf  # (importing avlsi.criteria ran avlsi/__init__: tf-keras is set up)
 from hydra.utils import get_method
 
+from avlsi.kerasapi import keras_of
 from avlsi.models import activation_layer, ends_in_softmax
 
 
@@ -40,6 +41,12 @@ def unit_output_layer(model, layer):
     itself if it has a non-linear activation, else the activation / ReLU-type layer it feeds
     through a single-consumer chain of BatchNormalization / Dropout, else `layer`."""
     return activation_layer(model, layer)
+
+
+def model_input(model):
+    """The model's input tensor (the list of them for several): a probe built on it takes
+    what the model takes (Keras 3 warns when a one-input probe built on a list gets a tensor)."""
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
 
 
 # Shared helpers of the data-driven criteria (mean_activation, apoz, gradient, taylor).
@@ -71,7 +78,7 @@ def sample_means(
     it falls in), else None. `per_sample` returns (N, units).
     """
     outputs = [unit_output_layer(model, layer).output for layer in layers]
-    probe = tf.keras.Model(model.inputs, [*outputs, model.outputs[0]])
+    probe = keras_of(model).Model(model_input(model), [*outputs, model.outputs[0]])
     x = np.asarray(context.x, dtype=np.float32)
     totals = [np.zeros(int(out.shape[-1])) for out in outputs]
     from_logits = not ends_in_softmax(model)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from avlsi.criteria import spatial_mean, unit_output_layer
+from avlsi.criteria import model_input, spatial_mean, unit_output_layer
+from avlsi.kerasapi import keras_of
 
 # Samples per vectorised batch are capped so that one batched gradient tensor
 # (samples x units x largest activation) holds at most this many floats (256 MB).
@@ -79,14 +80,15 @@ def _fast_path(model, layer):
         return None
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return None
-    tail = tf.keras.Model(layer.output, out) if out is not layer.output else None
+    keras = keras_of(model)
+    tail = keras.Model(layer.output, out) if out is not layer.output else None
     if tail is not None and any(
         type(lyr).__name__ not in ELEMENTWISE or "softmax" in str(getattr(lyr, "activation", ""))
         for lyr in tail.layers
     ):
         return None
     first = layer.input is model.inputs[0]
-    below = None if first else tf.keras.Model(model.inputs, layer.input)
+    below = None if first else keras.Model(model_input(model), layer.input)
 
     def sums(x):
         with tf.GradientTape(persistent=True) as tape:
@@ -107,7 +109,7 @@ def _fast_path(model, layer):
 
 
 def _jacobian_path(model, layer):
-    probe = tf.keras.Model(model.inputs, unit_output_layer(model, layer).output)
+    probe = keras_of(model).Model(model_input(model), unit_output_layer(model, layer).output)
 
     def sums(x):
         with tf.GradientTape() as tape:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from avlsi.criteria import unit_output_layer
+from avlsi.criteria import model_input, unit_output_layer
+from avlsi.kerasapi import keras_of
 
 
 def grad_activation_per_unit(model, layer, x: np.ndarray) -> np.ndarray:
     """sum(|d mean(a[..., i]) / dx|) for each unit i; the mean over samples and positions."""
-    probe = tf.keras.Model(model.inputs, unit_output_layer(model, layer).output)
+    probe = keras_of(model).Model(model_input(model), unit_output_layer(model, layer).output)
     x = tf.constant(np.asarray(x, dtype=np.float32))
 
     @tf.function

@@ -5,8 +5,13 @@ Four kinds, one per `conf/model/*.yaml` schema:
   `(input_shape, num_classes, cfg)` given as their `_target_` (`avlsi.models.stack.build`);
 - `model=builder`: `_target_` is called the way Hydra's `instantiate` calls it, every other
   key of `model.` but `name` as a keyword argument, plus `input_shape` and `num_classes`;
-- `model=file`: a saved tf-keras model (`avlsi.models.file`);
-- `model=keras_app`: a `tf.keras.applications` constructor (`avlsi.models.keras_app`).
+- `model=file`: a saved Keras model, tf-keras or Keras 3 (`avlsi.models.file`);
+- `model=keras_app`: a `keras.applications` constructor (`avlsi.models.keras_app`).
+
+`model.keras` (2 or 3, default 2) picks the Keras of the built-in stacks and of keras_app;
+a builder may return a model of either Keras (it gets `model.keras` as a keyword argument
+like any other key, and when that key is given the model must be of that Keras); a file's
+metadata says which Keras wrote it. The job then uses the Keras of its model throughout.
 
 Nothing depends on layer names: `output_layers` and `ends_in_softmax` read the graph.
 Importing this package does not import TensorFlow.
@@ -15,11 +20,13 @@ Importing this package does not import TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from avlsi.errors import UserError, clip
+from avlsi.kerasapi import is_keras3, keras_version
 from avlsi.models.outputs import activation_layer, ends_in_softmax, output_layers
 
 __all__ = [
@@ -63,16 +70,19 @@ def check_model_config(cfg: DictConfig) -> None:
         if OmegaConf.is_missing(cfg, "_target_"):
             raise UserError(
                 "model=builder needs model._target_=pkg.module.fn, a function that returns a "
-                "tf.keras Model (see examples/my_models.py)"
+                "Keras Model (see examples/my_models.py)"
             )
         given = [key for key in SUPPLIED if key in cfg]
         if given:
             raise UserError(f"model.{given[0]} is supplied by AVLSI from the dataset; remove it")
+        if "keras" in cfg:
+            check_keras_choice(cfg.keras)
+        return
     elif schema is FileModelConfig:
         if cfg.path is None:
             raise UserError(
-                "model=file needs model.path=/path/to/model.keras (a tf-keras .keras or .h5 "
-                "file, or a SavedModel folder)"
+                "model=file needs model.path=/path/to/model.keras (a .keras or .h5 file saved "
+                "by Keras 3 or tf-keras, or a tf-keras SavedModel folder)"
             )
         from avlsi.models.file import check_file
 
@@ -80,7 +90,7 @@ def check_model_config(cfg: DictConfig) -> None:
     elif schema is KerasAppConfig:
         if OmegaConf.is_missing(cfg, "name"):
             raise UserError(
-                "model=keras_app needs model.name=NAME, a tf.keras.applications constructor "
+                "model=keras_app needs model.name=NAME, a keras.applications constructor "
                 "such as MobileNetV2 or ResNet50"
             )
         if cfg.weights is not None:
@@ -90,6 +100,30 @@ def check_model_config(cfg: DictConfig) -> None:
         from avlsi.models.keras_app import check_kwargs
 
         check_kwargs(cfg)
+    if schema is not FileModelConfig:
+        check_keras_choice(cfg.keras)
+
+
+def check_keras_choice(value) -> None:
+    """model.keras is 2 (tf-keras) or 3 (Keras 3)."""
+    if value not in (2, 3):
+        raise UserError(
+            f"model.keras={clip(value)} is not a Keras this job can use; pass model.keras=2 "
+            "(tf-keras, the default) or model.keras=3 (Keras 3)"
+        )
+
+
+def keras_choice(cfg: DictConfig) -> int | None:
+    """The Keras (2 or 3) the model config asks for, before anything is built: `model.keras`
+    (a builder: only when given), a file's metadata; None when the builder decides."""
+    from avlsi.config import FileModelConfig
+
+    if OmegaConf.get_type(cfg) is FileModelConfig:
+        from avlsi.models.file import keras_version_of
+
+        return keras_version_of(Path(str(cfg.path)).expanduser())
+    value = cfg.get("keras")
+    return None if value is None else int(value)
 
 
 def resolve_builder(cfg: DictConfig):
@@ -122,7 +156,7 @@ def check_buildable(cfg: DictConfig) -> None:
     if OmegaConf.get_type(cfg) is KerasAppConfig:
         from avlsi.models.keras_app import constructor
 
-        constructor(str(cfg.name))
+        constructor(str(cfg.name), int(cfg.keras))
 
 
 def _keyword_arguments(cfg: DictConfig) -> dict:
@@ -136,6 +170,8 @@ def _shape(input_shape) -> str:
 def build_model(cfg, input_shape: tuple[int, ...], num_classes: int):
     """Build (or load) the model that `cfg` names for the data, checked to fit the data."""
     from hydra.utils import instantiate
+
+    from avlsi.config import FileModelConfig
 
     builder = resolve_builder(cfg)
     what = describe(cfg)
@@ -158,21 +194,46 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int):
             f"{what} failed to build a model for input {_shape(shape)} and {num_classes} "
             f"classes: {type(err).__name__}: {text} (HYDRA_FULL_ERROR=1 shows the traceback)"
         ) from err
-    return check_classifier(model, shape, num_classes, what)
+    model = check_classifier(model, shape, num_classes, what)
+    wanted = None if OmegaConf.get_type(cfg) is FileModelConfig else cfg.get("keras")
+    if wanted is not None and keras_version(model) != int(wanted):
+        raise UserError(
+            f"{what} returned a {keras_name(keras_version(model))} model, but model.keras="
+            f"{wanted} asks for {keras_name(int(wanted))}; build it with that Keras or drop "
+            "model.keras"
+        )
+    return model
+
+
+def keras_name(version: int) -> str:
+    return "Keras 3" if version == 3 else "tf-keras"
+
+
+def is_graph_model(model) -> bool:
+    """A functional or Sequential model (a graph AVLSI can read), not a subclassed one."""
+    if is_keras3(model):
+        from keras import Sequential
+        from keras.src.models.functional import Functional
+
+        return isinstance(model, Functional) or (
+            isinstance(model, Sequential) and getattr(model, "_functional", None) is not None
+        )
+    return bool(getattr(model, "_is_graph_network", False))
 
 
 def check_classifier(model, input_shape: tuple[int, ...], num_classes: int, what: str):
     """A UserError unless `model` is a built single-output classifier for this data."""
-    import tensorflow as tf
-
-    if not isinstance(model, tf.keras.Model):
-        raise UserError(f"{what} returned {type(model).__name__}, not a tf.keras Model")
+    loaded = [sys.modules[name].Model for name in ("tf_keras", "keras") if name in sys.modules]
+    if not any(isinstance(model, cls) for cls in loaded):  # a model's Keras is loaded
+        raise UserError(
+            f"{what} returned {type(model).__name__}, not a Keras Model (tf-keras or Keras 3)"
+        )
     if not model.built:
         model.build((None, *input_shape))
-    if not getattr(model, "_is_graph_network", False):
+    if not is_graph_model(model):
         raise UserError(
             f"{what} returned a subclassed {type(model).__name__}; AVLSI reads the model's graph "
-            "to prune it: build it with the functional API or tf.keras.Sequential"
+            "to prune it: build it with the functional API or keras.Sequential"
         )
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UserError(
@@ -197,11 +258,15 @@ def check_classifier(model, input_shape: tuple[int, ...], num_classes: int, what
     return model
 
 
-def application_layers() -> dict:
-    """Custom layer classes of keras.applications that tf-keras cannot find when it loads a
-    saved model (ConvNeXt's LayerScale), for `load_model(custom_objects=...)`."""
+def application_layers(version: int = 2) -> dict:
+    """Custom layer classes of keras.applications that Keras (2: tf-keras, 3: Keras 3)
+    cannot find when it loads a saved model (ConvNeXt's LayerScale), for
+    `load_model(custom_objects=...)`."""
     try:
-        from tf_keras.src.applications.convnext import LayerScale
-    except ImportError:  # pragma: no cover - a tf-keras without ConvNeXt
+        if version == 3:
+            from keras.src.applications.convnext import LayerScale
+        else:
+            from tf_keras.src.applications.convnext import LayerScale
+    except ImportError:  # pragma: no cover - a Keras without ConvNeXt
         return {}
     return {"LayerScale": LayerScale}

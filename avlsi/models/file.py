@@ -1,8 +1,10 @@
-"""model=file: a saved tf-keras model (`.keras`, `.h5`, SavedModel folder) is the baseline.
+"""model=file: a saved Keras model (`.keras`, `.h5`, SavedModel folder) is the baseline.
 
 `check_file` looks at the file without TensorFlow (zip / HDF5 metadata only), so a wrong
-path, a wrong kind of file or a Keras 3 file is refused at once; `load` then loads it with
-tf-keras in safe mode (no Python `lambda` is deserialised, whatever the format).
+path or a wrong kind of file is refused at once, and `keras_version_of` says which Keras
+wrote it (the `keras_version` of metadata.json / the HDF5 attributes: 3.x is Keras 3).
+`load` then loads it with that Keras (tf-keras or Keras 3) in safe mode (no Python `lambda`
+is deserialised, whatever the format), not compiled.
 """
 
 from __future__ import annotations
@@ -16,26 +18,22 @@ from avlsi.data.files import kind_of
 from avlsi.errors import UserError, clip
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
-KERAS3 = (
-    "was saved by Keras {version} (Keras 3), which AVLSI does not support yet: it runs on "
-    "tf-keras (Keras 2); save the model with tf-keras (TF_USE_LEGACY_KERAS=1) or build it "
-    "with model=builder"
-)
 
 
 def _setting(path: Path) -> str:
     return f"model.path={clip(path)}"
 
 
-def check_file(path: Path) -> None:
-    """A UserError unless `path` is a loadable-looking tf-keras model file or folder."""
+def check_file(path: Path) -> int:
+    """A UserError unless `path` is a loadable-looking Keras model file or folder; returns
+    the major version of the Keras that wrote it (2: tf-keras, 3: Keras 3)."""
     setting = _setting(path)
     kind = kind_of(path, "model.path")
     if kind == "missing":
         raise UserError(f"{setting} does not exist; pass your saved model's .keras or .h5 file")
     if kind == "folder":
         _check_saved_model(path)
-        return
+        return 2  # Keras 3 writes no Keras SavedModel (its model.export has no Keras metadata)
     if kind != "file":
         raise UserError(f"{setting} is {kind}, not a model file")
     if path.suffix.lower() not in SUFFIXES:
@@ -46,8 +44,18 @@ def check_file(path: Path) -> None:
     if not os.access(path, os.R_OK):
         raise UserError(f"{setting} cannot be read by this user (chmod u+r)")
     version = _h5_version(path) if path.suffix.lower() != ".keras" else _zip_version(path)
-    if version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3:
-        raise UserError(f"{setting} {KERAS3.format(version=version)}")
+    return major_version(version)
+
+
+def major_version(version: str) -> int:
+    """3 for a `keras_version` of 3.x or later, else 2 (tf-keras writes 2.x, old files none)."""
+    major = version.split(".")[0]
+    return 3 if major.isdigit() and int(major) >= 3 else 2
+
+
+def keras_version_of(path: Path) -> int:
+    """Which Keras wrote the model file or folder at `path` (2 or 3), from its metadata."""
+    return check_file(Path(path))
 
 
 def _check_saved_model(path: Path) -> None:
@@ -100,20 +108,32 @@ def _h5_version(path: Path) -> str:
 
 
 def load(input_shape: tuple[int, ...], num_classes: int, cfg):
-    """The model saved at `cfg.path`, loaded with tf-keras in safe mode and not compiled."""
-    import tensorflow as tf
-    from tf_keras.src.saving.serialization_lib import SafeModeScope
-
-    from avlsi.models import application_layers
-
+    """The model saved at `cfg.path`, loaded with the Keras that wrote it, in safe mode and
+    not compiled."""
     path = Path(str(cfg.path)).expanduser()
-    check_file(path)
+    version = check_file(path)
     try:
-        # load_model's safe_mode covers .keras only; the scope extends it to .h5 / SavedModel.
-        with SafeModeScope(True):
-            return tf.keras.models.load_model(
-                path, compile=False, safe_mode=True, custom_objects=application_layers()
-            )
+        return load_saved(path, version)
     except Exception as err:  # noqa: BLE001  (any loader failure is the file's problem)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{_setting(path)} cannot be loaded by tf-keras: {first}") from err
+        which = "Keras 3" if version == 3 else "tf-keras"
+        raise UserError(f"{_setting(path)} cannot be loaded by {which}: {first}") from err
+
+
+def load_saved(path: Path, version: int | None = None):
+    """A saved model (a user's file or a store entry), loaded with the Keras that wrote it
+    (`version`, else read from the file) in safe mode, not compiled."""
+    from avlsi.kerasapi import keras_module
+    from avlsi.models import application_layers
+
+    version = keras_version_of(path) if version is None else version
+    keras = keras_module(version)
+    if version == 3:
+        from keras.src.saving.serialization_lib import SafeModeScope
+    else:
+        from tf_keras.src.saving.serialization_lib import SafeModeScope
+    # load_model's safe_mode covers .keras only; the scope extends it to .h5 / SavedModel.
+    with SafeModeScope(True):
+        return keras.models.load_model(
+            path, compile=False, safe_mode=True, custom_objects=application_layers(version)
+        )

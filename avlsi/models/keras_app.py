@@ -1,4 +1,7 @@
-"""model=keras_app: any `tf.keras.applications` constructor, built for the dataset.
+"""model=keras_app: any `keras.applications` constructor, built for the dataset.
+
+`model.keras` picks the package: 2 (default) `tf_keras.applications`, 3 Keras 3's
+`keras.applications`.
 
 `model.name` names the constructor (MobileNetV2, ResNet50, ...); it gets `include_top=True`,
 `classes` and `input_shape` from the dataset, `weights=None` (random initial weights) or
@@ -30,19 +33,19 @@ def check_kwargs(cfg) -> None:
             )
 
 
-def constructors() -> dict:
-    """Every model constructor of tf.keras.applications, by name."""
-    import tensorflow as tf
+def constructors(version: int = 2) -> dict:
+    """Every model constructor of keras.applications (of tf-keras, or Keras 3), by name."""
+    from avlsi.kerasapi import keras_module
 
-    apps = tf.keras.applications
+    apps = keras_module(version).applications
     return {
         n: getattr(apps, n) for n in dir(apps) if n[:1].isupper() and callable(getattr(apps, n))
     }
 
 
-def constructor(name: str):
+def constructor(name: str, version: int = 2):
     """The constructor called `name`; a UserError suggesting close names otherwise."""
-    found = constructors()
+    found = constructors(version)
     if name in found:
         return found[name]
     by_lower = {n.lower(): n for n in found}
@@ -52,7 +55,7 @@ def constructor(name: str):
         if close
         else f"choose one of: {', '.join(sorted(found))}"
     )
-    raise UserError(f"model.name={clip(name)} is not a tf.keras.applications model; {hint}")
+    raise UserError(f"model.name={clip(name)} is not a keras.applications model; {hint}")
 
 
 def _shape(input_shape) -> str:
@@ -60,11 +63,12 @@ def _shape(input_shape) -> str:
 
 
 def build(input_shape: tuple[int, ...], num_classes: int, cfg):
-    """`tf.keras.applications.<cfg.name>(...)` for this input shape and class count."""
+    """`keras.applications.<cfg.name>(...)` for this input shape and class count, in the
+    Keras `cfg.keras` names."""
     from omegaconf import OmegaConf
 
     name = str(cfg.name)
-    build_fn = constructor(name)
+    build_fn = constructor(name, int(cfg.get("keras", 2)))
     check_kwargs(cfg)
     kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True)
     accepted = inspect.signature(build_fn).parameters

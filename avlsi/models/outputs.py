@@ -7,8 +7,9 @@
 - `activation_layer(model, layer)`: the layer whose output is `layer`'s units after their
   non-linearity (what activation-based criteria look at).
 
-tf-keras functional graphs only (`_keras_history`, `_inbound_nodes`, `_outbound_nodes`);
-nothing here imports TensorFlow.
+Functional graphs of tf-keras and Keras 3 (`_keras_history`, `_inbound_nodes`,
+`_outbound_nodes`; a node's layer and inputs are `layer` / `keras_inputs` in tf-keras,
+`operation` / `input_tensors` in Keras 3); nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -35,29 +36,40 @@ def _kind(layer) -> str:
 
 
 def _producer(tensor):
-    """(layer, node index) that produced a symbolic tensor of a tf-keras graph."""
+    """(layer, node index) that produced a symbolic tensor (KerasHistory: tf-keras names its
+    first field `layer`, Keras 3 `operation`)."""
     history = tensor._keras_history
-    return history.layer, history.node_index
+    return history[0], history[1]
 
 
 def _inputs(layer, node_index: int) -> list:
-    return list(layer._inbound_nodes[node_index].keras_inputs)
+    node = layer._inbound_nodes[node_index]
+    found = node.keras_inputs if hasattr(node, "keras_inputs") else node.input_tensors
+    return list(found)
+
+
+def _node_layer(node):
+    """The layer (Keras 3: operation) a node is a call of."""
+    found = getattr(node, "operation", None)
+    return found if found is not None else node.layer
 
 
 def _in_model(model, layer, node) -> bool:
     """Whether `node` (a call of `layer`) is part of `model`'s graph."""
-    keys = getattr(model, "_network_nodes", None)
-    if keys is None:
-        return True
     index = next((i for i, n in enumerate(layer._inbound_nodes) if n is node), None)
-    return f"{layer.name}_ib-{index}" in keys
+    keys = getattr(model, "_network_nodes", None)  # tf-keras: "<layer name>_ib-<index>"
+    if keys is not None:
+        return f"{layer.name}_ib-{index}" in keys
+    graph = getattr(model, "_functional", None) or model  # a Keras 3 Sequential's graph
+    keys = getattr(graph, "_nodes", None)  # Keras 3: "<id(layer)>_ib-<index>"
+    return keys is None or f"{id(layer)}_ib-{index}" in keys
 
 
 def consumers(model, layer) -> list:
     """The layers of `model` that take `layer`'s output as an input (one per call)."""
     found = []
     for node in layer._outbound_nodes:
-        consumer = node.layer
+        consumer = _node_layer(node)
         if _in_model(model, consumer, node):
             found.append(consumer)
     return found
@@ -85,7 +97,7 @@ def output_layers(model) -> list:
         if (id(layer), node_index) in seen:
             continue
         seen.add((id(layer), node_index))
-        if layer.weights and _kind(layer) not in PER_CHANNEL:
+        if getattr(layer, "weights", None) and _kind(layer) not in PER_CHANNEL:
             found.add(id(layer))
             continue
         stack += [_producer(t) for t in _inputs(layer, node_index)]

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
-
-import avlsi  # noqa: F401
-
-layers = tf.keras.layers
+from avlsi.kerasapi import keras_module
 
 
-def build(input_shape: tuple[int, ...], num_classes: int, cfg) -> tf.keras.Model:
-    """conv0..convN (ReLU, optional BN, 2x2 max-pool every `pool_every`), dense0..denseM, output."""
-    inputs = tf.keras.Input(shape=tuple(input_shape), name="input")
+def build(input_shape: tuple[int, ...], num_classes: int, cfg):
+    """conv0..convN (ReLU, optional BN, 2x2 max-pool every `pool_every`), dense0..denseM, output;
+    in tf-keras, or in Keras 3 with `cfg.keras=3`."""
+    keras = keras_module(int(cfg.get("keras", 2)))
+    layers = keras.layers
+    inputs = keras.Input(shape=tuple(input_shape), name="input")
     x = inputs
     if cfg.conv_filters and len(input_shape) != 3:
         raise ValueError(f"conv layers need (height, width, channels) input, got {input_shape}")
@@ -34,4 +33,4 @@ def build(input_shape: tuple[int, ...], num_classes: int, cfg) -> tf.keras.Model
         if cfg.dropout:
             x = layers.Dropout(cfg.dropout, name=f"dense{i}_drop")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="output")(x)
-    return tf.keras.Model(inputs, outputs, name=cfg.name)
+    return keras.Model(inputs, outputs, name=cfg.name)

@@ -1,4 +1,5 @@
-"""Every use of kerassurgeon lives here; importing this module makes it work on TF 2.21.
+"""The kerassurgeon engine (tf-keras only): every use of kerassurgeon lives here; importing
+this module makes it work on TF 2.21.
 
 kerassurgeon 0.2.0 removes a layer's output units, then walks the graph with a boolean mask
 of the surviving channels and cuts the matching input weights of the layers that consume
@@ -31,8 +32,8 @@ import logging
 import numpy as np
 
 import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from avlsi.errors import UserError
 from avlsi.graph import MERGE
+from avlsi.surgery import SurgeryError
 
 _root_level = logging.getLogger().level
 import tensorflow as tf  # noqa: E402
@@ -42,10 +43,6 @@ from kerassurgeon._utils import node as node_utils  # noqa: E402
 # kerassurgeon calls logging.basicConfig(INFO) at import; undo its change of level.
 logging.getLogger().setLevel(_root_level)
 log = logging.getLogger(__name__)
-
-
-class SurgeryError(UserError):
-    """Units cannot be removed from this graph as asked; the message names the layer."""
 
 
 def _single_element(x):
