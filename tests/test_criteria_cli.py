@@ -10,6 +10,7 @@ runs finetune.epochs=0 (fine-tuning a smaller model does not depend on the crite
 each fit costs a graph trace), whose fine-tuned numbers are the pruned model's.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -48,8 +49,9 @@ FINETUNE_EPOCHS = {"cnn": 0, "dnn": 1}
 MEASURED = ("test_accuracy", "val_accuracy", "params", "nonzero_params", "macs")
 
 
+@functools.cache
 def criteria() -> dict[str, tuple[str, ...]]:
-    """Each criterion's accepted scopes, as its YAML says."""
+    """Each criterion's accepted scopes, as its YAML says (composed once)."""
     found = {}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for path in sorted((CONF / "criterion").glob("*.yaml")):
