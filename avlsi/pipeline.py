@@ -97,6 +97,7 @@ class Job:
         self.store = ModelStore(cfg.store.dir)
         self.steps = steps_of(cfg)
         self.metrics: dict[str, float] = {}
+        self.measured: dict[str, dict[str, float]] = {}  # prefix -> what measure() found
         self.data: Dataset | None = None
 
     def log(self, metrics: dict[str, float]) -> None:
@@ -109,6 +110,10 @@ class Job:
         if self.data.y_val is not None and len(self.data.y_val):
             metrics[f"{prefix}.val_accuracy"] = train.evaluate(model, self.data, split="val")
         metrics.update(size_metrics(model, prefix))
+        self.record_measured(metrics, prefix)
+
+    def record_measured(self, metrics: dict[str, float], prefix: str) -> None:
+        self.measured[prefix] = metrics
         self.log(metrics)
         if prefix != "baseline":
             self.log(relative_metrics(self.metrics, prefix))
@@ -122,6 +127,12 @@ class Job:
         for path in files if log_files else ():
             record.log_model_file(path)
         self.log(metrics)
+
+    def carry_over(self, measured: str, prefix: str) -> None:
+        """Log a model that nothing changed since it was measured as `measured` (0 epochs
+        of fine-tuning) under `prefix` with those numbers, instead of measuring it again."""
+        found = self.measured[measured].items()
+        self.record_measured({prefix + k.removeprefix(measured): v for k, v in found}, prefix)
 
     def log_stored(self, meta: dict, *prefixes: str) -> None:
         """Log an earlier stage's metrics from its store entry (stage-by-stage runs)."""
@@ -270,6 +281,7 @@ class Job:
     def finetune(self, model, masked: list[str]) -> None:
         cfg = self.cfg
         masks = masking.masks_from_zeros(model, masked) if masked else {}
+        unchanged = None
         if str(cfg.finetune.init) == "scratch":
             epochs = cfg.train.epochs + cfg.finetune.epochs
             heading(f"training the pruned architecture from scratch ({_epochs(epochs)})")
@@ -280,9 +292,11 @@ class Job:
         else:
             heading(f"fine-tuning ({_epochs(cfg.finetune.epochs)})")
             if masks:
-                masking.apply_masks(model, masks)
+                masking.apply_masks(model, masks)  # zeros already: the weights stay as they are
             if str(cfg.finetune.init) == "rewind":
                 rewind.rewind(self, model, masks)
+            elif cfg.finetune.epochs == 0 and "pruned" in self.measured:
+                unchanged = "pruned"  # not trained: the model this job measured after pruning
             settings = cfg.finetune
         if str(cfg.finetune.lr_schedule) == "rewind":
             settings = rewind.lr_rewind_settings(cfg, len(self.data.y_train))
@@ -295,18 +309,29 @@ class Job:
             self.save(model, "finetuned")
         else:
             extra = [schedules.gradual_callback(self, model)] if name == "gradual" else []
-            self.fit_and_record(model, settings, "finetuned", callbacks=extra)
+            self.fit_and_record(model, settings, "finetuned", callbacks=extra, unchanged=unchanged)
         if name == "iterative":
             schedules.log_round(self, model, cfg.schedule.rounds, float(cfg.psize), "tuned")
         run_name = mlflow.active_run().info.run_name or "finetuned"
         record.log_keras_model(model, name=re.sub(r"[^A-Za-z0-9_-]", "-", run_name))
 
-    def fit_and_record(self, model, settings: DictConfig | str, prefix: str, callbacks=()) -> None:
-        """Train with `settings` (or the config section of that name); log curves, size, file."""
+    def fit_and_record(
+        self,
+        model,
+        settings: DictConfig | str,
+        prefix: str,
+        callbacks=(),
+        unchanged: str | None = None,
+    ) -> None:
+        """Train with `settings` (or the config section of that name); log curves, size, file.
+        With `unchanged` (a prefix measured before; 0 epochs), that measurement carries over."""
         phase = settings if isinstance(settings, str) else "finetune"
         section = self.cfg[settings] if isinstance(settings, str) else settings
         self.fit(model, section, phase, callbacks)
-        self.measure(model, prefix)
+        if unchanged is None:
+            self.measure(model, prefix)
+        else:
+            self.carry_over(unchanged, prefix)
         self.save(model, prefix)
 
     def fit(self, model, settings: DictConfig, phase: str, callbacks=()) -> None:

@@ -103,6 +103,14 @@ def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def l1_random_sweep(tmp_path_factory) -> tuple[Cli, subprocess.CompletedProcess]:
+    """`-m criterion=l1,random psize=0.5` on TINY, run once for the tests of several modules
+    that read it (tests/shared_fixtures.py runs them on one worker): (its Cli, the process)."""
+    cli = Cli(tmp_path_factory.mktemp("l1_random_sweep"))
+    return cli, cli("-m", "criterion=l1,random", "psize=0.5")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Slow tests first (a stable sort, so each module's order stays): with pytest-xdist the
     long jobs start early and the short tests fill the workers in at the end."""

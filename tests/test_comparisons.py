@@ -56,7 +56,7 @@ def test_a_source_change_reruns_a_sweep_a_readme_change_does_not(tmp_path: Path)
     cli = Cli(tmp_path)
 
     def sweep() -> str:
-        args = [*TINY, "criterion=random", "psize=0.5", *cli.paths()]
+        args = [*TINY, "criterion=random", "psize=0.5", "finetune.epochs=0", *cli.paths()]
         proc = subprocess.run(
             [sys.executable, str(proj / "run.py"), "-m", *args],
             cwd=tmp_path,

@@ -1,13 +1,16 @@
-"""Every criterion x every scope it accepts, through the real CLI on model=cnn and model=dnn.
+"""Every criterion x every scope it accepts, through the real CLI; every criterion on
+model=cnn and on model=dnn.
 
-One Hydra multirun per model and group of criteria that accept the same scopes; all the
-sweeps run at once (each with its own MLflow database; the sweeps of a model share its
-store, so its baseline is trained once), then the runs are read back from MLflow.
-Structured criteria run stage=all with finetune.epochs=0 (fine-tuning a smaller model does
-not depend on the criterion, and each fit costs a graph trace); magnitude fine-tunes one
-epoch, to show that its zeros survive it.
+Each (criterion, scope) pair runs once: the CNN takes the scopes that rank across layers
+(layerwise, global), the DNN scope=layer. One Hydra multirun per model and scope (the
+criteria that accept it); all the sweeps run at once (each with its own MLflow database; the
+sweeps of a model share its store, so its baseline is trained once), then the runs are read
+back from MLflow. The DNN fine-tunes one epoch (magnitude's zeros must survive it); the CNN
+runs finetune.epochs=0 (fine-tuning a smaller model does not depend on the criterion, and
+each fit costs a graph trace), whose fine-tuned numbers are the pruned model's.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -41,25 +44,25 @@ MODELS = {
 }
 LAYER = {"cnn": "conv1", "dnn": "dense1"}  # for scope=layer (refused with other scopes)
 SCOPES = ("layer", "layerwise", "global")
+PLAN = {"cnn": ("layerwise", "global"), "dnn": ("layer",)}  # each scope on one model
+FINETUNE_EPOCHS = {"cnn": 0, "dnn": 1}
+MEASURED = ("test_accuracy", "val_accuracy", "params", "nonzero_params", "macs")
 
 
-def criteria() -> dict[str, tuple[tuple[str, ...], bool]]:
-    """Each criterion's accepted scopes and whether it is structured, as its YAML says."""
+@functools.cache
+def criteria() -> dict[str, tuple[str, ...]]:
+    """Each criterion's accepted scopes, as its YAML says (composed once)."""
     found = {}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for path in sorted((CONF / "criterion").glob("*.yaml")):
             cfg = compose(config_name="config", overrides=[f"criterion={path.stem}"]).criterion
-            scopes = tuple(s for s in SCOPES if cfg.layer_types.get(s))
-            found[path.stem] = (scopes, bool(cfg.structured))
+            found[path.stem] = tuple(s for s in SCOPES if cfg.layer_types.get(s))
     return found
 
 
-def groups() -> dict[tuple[tuple[str, ...], bool], list[str]]:
-    """Criteria with the same scopes and kind: each group is one cartesian sweep."""
-    grouped: dict[tuple[tuple[str, ...], bool], list[str]] = {}
-    for name, key in criteria().items():
-        grouped.setdefault(key, []).append(name)
-    return grouped
+def planned(model: str) -> list[tuple[str, str]]:
+    """The (criterion, scope) pairs that run on `model`."""
+    return sorted((n, s) for n, scopes in criteria().items() for s in scopes if s in PLAN[model])
 
 
 def start(tmp: Path, store: Path, args: list[str]) -> subprocess.Popen:
@@ -86,22 +89,18 @@ def sweeps(tmp_path_factory):
     base = tmp_path_factory.mktemp("criteria_cli")
     procs: dict = {model: [] for model in MODELS}
     for model, overrides in MODELS.items():
-        for i, ((scopes, structured), names) in enumerate(groups().items()):
-            others = [scope for scope in scopes if scope != "layer"]
-            # scope=layer names its layer; the other scopes refuse a criterion.layer.
-            for j, part in enumerate([["layer"] if "layer" in scopes else [], others]):
-                if not part:
-                    continue
-                tmp = base / f"{model}{i}_{j}"
-                sweep = [
-                    f"criterion={','.join(names)}",
-                    f"criterion.scope={','.join(part)}",
-                    f"finetune.epochs={0 if structured else 1}",
-                ]
-                if part == ["layer"]:
-                    sweep.append(f"criterion.layer={LAYER[model]}")
-                args = ["-m", f"model={model}", *overrides, *sweep]
-                procs[model].append((tmp, start(tmp, base / f"{model}_store", args)))
+        for scope in PLAN[model]:
+            names = sorted({n for n, s in planned(model) if s == scope})
+            tmp = base / f"{model}_{scope}"
+            sweep = [
+                f"criterion={','.join(names)}",
+                f"criterion.scope={scope}",
+                f"finetune.epochs={FINETUNE_EPOCHS[model]}",
+            ]
+            if scope == "layer":  # scope=layer names its layer; the others refuse one
+                sweep.append(f"criterion.layer={LAYER[model]}")
+            args = ["-m", f"model={model}", *overrides, *sweep]
+            procs[model].append((tmp, start(tmp, base / f"{model}_store", args)))
     refused = start(
         base / "refused",
         base / "refused_store",
@@ -114,6 +113,14 @@ def sweeps(tmp_path_factory):
     return results
 
 
+def test_the_plan_runs_every_pair_once_and_every_criterion_on_both_models():
+    pairs = planned("cnn") + planned("dnn")
+    assert sorted(pairs) == sorted((n, s) for n, scopes in criteria().items() for s in scopes)
+    assert len(set(pairs)) == len(pairs)
+    for model in MODELS:
+        assert {n for n, _ in planned(model)} == set(criteria()), model
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", list(MODELS))
 def test_every_criterion_and_accepted_scope_prunes(sweeps, model):
@@ -124,7 +131,7 @@ def test_every_criterion_and_accepted_scope_prunes(sweeps, model):
         found = client.search_runs([client.get_experiment_by_name("avlsi").experiment_id])
         runs += [r for r in found if r.data.tags.get("avlsi.sweep") != "true"]  # not parents
     ran = sorted((r.data.params["criterion"], r.data.params["scope"]) for r in runs)
-    assert ran == sorted((n, s) for n, (scopes, _) in criteria().items() for s in scopes)
+    assert ran == planned(model)
     for run in runs:
         name = f"{run.data.params['criterion']}/{run.data.params['scope']}"
         m = run.data.metrics
@@ -143,6 +150,17 @@ def test_every_criterion_and_accepted_scope_prunes(sweeps, model):
             assert m["pruned.params"] < m["baseline.params"], name
             assert m["pruned.macs"] < m["baseline.macs"], name
             assert m["pruned.kept_params"] < 1 and m["pruned.compression"] > 1, name
+        # The same fine-tuned metrics as pruned ones, whether fine-tuned (dnn) or not (cnn).
+        stage = {k.split(".", 1)[1]: v for k, v in m.items() if k.startswith("pruned.")}
+        stage.pop("equivalence_error", None)  # the surgery's check, not a measurement
+        tuned = {k.split(".", 1)[1] for k in m if k.startswith("finetuned.")}
+        assert tuned == set(stage) >= {*MEASURED, "kept_params", "accuracy_drop"}, name
+        if FINETUNE_EPOCHS[model] == 0:  # the pruned model, unchanged: its numbers carry over
+            assert "finetune.loss" not in m, name
+            for key in MEASURED:
+                assert m[f"finetuned.{key}"] == m[f"pruned.{key}"], f"{name} {key}"
+        else:
+            assert "finetune.loss" in m, name
 
 
 @pytest.mark.slow

@@ -158,6 +158,7 @@ def test_a_keras_application_builds_for_the_dataset(cli):
             "dataset.train_size=64",
             "dataset.test_size=32",
             "criterion=magnitude",
+            "finetune.epochs=0",  # one fit (masks through fine-tuning: test_criteria_cli)
         ),
         tiny=False,
     )

@@ -564,8 +564,8 @@ def test_sweep_table_lists_this_sweeps_jobs_only(fresh, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_ends_with_its_table_and_the_report_command(cli):
-    proc = cli("-m", "criterion=l1,random", "psize=0.5")
+def test_a_sweep_ends_with_its_table_and_the_report_command(l1_random_sweep):
+    cli, proc = l1_random_sweep  # -m criterion=l1,random psize=0.5
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "avlsi: the sweep's 2 jobs (test accuracy)" in out
