@@ -36,10 +36,16 @@ class ExportError(UserError):
 
 
 def without_optimizer(model):
-    """An uncompiled copy (same architecture and weights): nothing of the optimizer's state."""
+    """A copy (same architecture and weights) with nothing of the optimizer's state: a
+    compiled model's copy is compiled with a fresh, unbuilt optimizer of the same settings and
+    the same loss, so the file still says how the model was trained (a few hundred bytes)."""
     keras = keras_of(model)
     twin = keras.models.clone_model(model)
     twin.set_weights(model.get_weights())
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and getattr(model, "loss", None) is not None:
+        fresh = type(optimizer).from_config(optimizer.get_config())
+        twin.compile(optimizer=fresh, loss=model.loss)
     return twin
 
 

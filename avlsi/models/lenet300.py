@@ -1,4 +1,5 @@
-"""LeNet-300-100 (LeCun et al. 1998; Han et al. 2015's Table 2): 784-300-100-10, ReLU.
+"""LeNet-300-100 (LeCun et al. 1998; Han et al. 2015's Table 2): the flattened image,
+Dense 300 and 100 (ReLU), a softmax output.
 
 Layer names follow Caffe's prototxt (ip1, ip2, ip3), as Han et al.'s per-layer tables do.
 """
