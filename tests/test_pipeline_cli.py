@@ -182,12 +182,8 @@ def test_bad_input_is_one_line_before_any_work(cli, overrides, needles):
     ("overrides", "needles"),
     [
         (["criterion.scope=layer", "criterion.layer=conv7"], ["no layer 'conv7'", "conv3"]),
-        (
-            ["criterion.scope=layer", "criterion.layer=output"],
-            ["output cannot be pruned", "model's outputs"],
-        ),
         (["criterion.scope=layer"], ["criterion.layer=NAME"]),
-        (["criterion.scope=layer", "criterion.layer=pool0"], ["pool0", "MaxPooling2D"]),
+        # an output layer or one without units (pool, Add): test_targets.py, in process
     ],
 )
 def test_bad_input_found_inside_a_job_is_one_line_and_leaves_nothing(cli, overrides, needles):

@@ -11,7 +11,7 @@ from avlsi.criteria import ScoringContext, get_scorer
 from avlsi.errors import UserError
 from avlsi.graph import equivalence_error
 from avlsi.surgery import delete_units
-from avlsi.targets import group_scores, prune_targets, select_group_units
+from avlsi.targets import check_something_goes, group_scores, prune_targets, select_group_units
 
 layers = tf.keras.layers
 
@@ -99,3 +99,18 @@ def test_scope_layer_names_why_a_layer_cannot_be_pruned():
         prune_targets(model, cfg)
     cfg = criterion_cfg("l1", "criterion.scope=layer", "criterion.layer=a2")  # stem's group
     assert sorted(lyr.name for lyr in prune_targets(model, cfg).layers) == ["a2", "stem"]
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "psize", "needles"),
+    [
+        ("l1", ["criterion.scope=global"], 0.001, ["psize=0.001", "all prunable layers"]),
+        ("magnitude", [], 0.0001, ["psize=0.0001", "removes no weight"]),
+    ],
+)
+def test_a_psize_that_removes_nothing_is_refused(name, overrides, psize, needles):
+    """The messages of the job's check (the command line's path: tests/test_inputs.py)."""
+    cfg = criterion_cfg(name, *overrides)
+    with pytest.raises(UserError) as refused:
+        check_something_goes(prune_targets(residual_cnn(), cfg), cfg, psize)
+    assert all(needle in str(refused.value) for needle in needles), refused.value
