@@ -35,33 +35,12 @@ STACKS = {  # the built-in stacks at tiny widths: conf/model/{cnn,dnn,fer_cnn}.y
 
 
 def stack_model(K, name: str):
-    """`avlsi.models.stack.build`'s graph (same layers, names and order) in Keras `K`."""
+    """`avlsi.models.stack.build`'s graph in Keras `K` (tf-keras or Keras 3)."""
     shape, classes, sizes = STACKS[name]
     cfg = stack_config(name, sizes["conv_filters"], sizes["dense_units"])
     cfg.batch_norm, cfg.dropout = sizes.get("batch_norm", False), sizes.get("dropout", 0.0)
-    if K is tf_keras:
-        return stack.build(shape, classes, cfg)
-    L = K.layers
-    x = inputs = K.Input(shape, name="input")
-    for i, filters in enumerate(cfg.conv_filters):
-        x = L.Conv2D(filters, cfg.kernel_size, padding="same", name=f"conv{i}")(x)
-        if cfg.batch_norm:
-            x = L.BatchNormalization(name=f"conv{i}_bn")(x)
-        x = L.Activation("relu", name=f"conv{i}_relu")(x)
-        if cfg.pool_every and (i + 1) % cfg.pool_every == 0:
-            x = L.MaxPooling2D(2, name=f"pool{i // cfg.pool_every}")(x)
-            if cfg.dropout:
-                x = L.Dropout(cfg.dropout, name=f"conv{i}_drop")(x)
-    x = L.Flatten(name="flatten")(x)
-    for i, units in enumerate(cfg.dense_units):
-        x = L.Dense(units, name=f"dense{i}")(x)
-        if cfg.batch_norm:
-            x = L.BatchNormalization(name=f"dense{i}_bn")(x)
-        x = L.Activation("relu", name=f"dense{i}_relu")(x)
-        if cfg.dropout:
-            x = L.Dropout(cfg.dropout, name=f"dense{i}_drop")(x)
-    outputs = L.Dense(classes, activation="softmax", name="output")(x)
-    return K.Model(inputs, outputs, name=name)
+    cfg.keras = 2 if K is tf_keras else 3
+    return stack.build(shape, classes, cfg)
 
 
 def residual(K):
