@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import sys
-import threading
 import traceback
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 from avlsi.config import PROJECT_ROOT, check_config, register, schema_keys, suggest
 from avlsi.errors import Terminated, UserError, clip
 from avlsi.preflight import check_environment
+from avlsi.stopping import install_handlers
 
 log = logging.getLogger("avlsi")
 GROUPS = ("model", "dataset", "criterion", "stage", "schedule")
@@ -33,7 +32,7 @@ register()
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def hydra_entry(cfg: DictConfig) -> dict[str, float]:
     """Run the composed job (Hydra calls this once per job of a sweep)."""
-    handle_sigterm()  # again: a launcher's worker process did not run main()
+    install_handlers()  # again: a launcher's worker process did not run main()
     hydra_cfg = HydraConfig.get()
     if str(cfg.task) == "report":  # task=report: no job, no TensorFlow
         return run_report(cfg)
@@ -93,18 +92,6 @@ def run_inspect(cfg: DictConfig) -> dict[str, float]:
         print(clip(f"avlsi: error: {err}"), file=sys.stderr)
         sys.exit(2)
     return {}
-
-
-def _raise_terminated(signum: int, frame) -> None:
-    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    raise Terminated(signum)
-
-
-def handle_sigterm() -> None:
-    """SIGTERM raises `Terminated` (a KeyboardInterrupt): the run ends KILLED, not RUNNING."""
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    if in_main_thread and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _raise_terminated)  # not over a launcher's own handler
 
 
 def quiet_tensorflow_import() -> None:
@@ -194,7 +181,7 @@ def main() -> None:
     """Entry point: Hydra's CLI, with every user mistake reported as one line."""
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
-    handle_sigterm()
+    install_handlers()
     importable_from_here()
     try:
         hydra_entry()

@@ -13,6 +13,7 @@ import sys
 import tensorflow as tf
 
 import avlsi  # noqa: F401
+from avlsi import stopping
 from avlsi.config import TrainConfig
 from avlsi.errors import UserError
 from avlsi.kerasapi import is_keras3, keras_of
@@ -95,12 +96,13 @@ def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: st
         return None
     guard = StopOnNonFiniteLoss(phase)
     try:  # arrays as Keras takes them, or a streamed tf.data.Dataset (data.keras_inputs)
-        history = model.fit(
-            **data.keras_inputs("train", cfg.batch_size, shuffle=True),
-            epochs=cfg.epochs,
-            callbacks=[guard, *callbacks],
-            verbose=default_verbosity() if verbose is None else verbose,
-        )
+        with stopping.deferred():
+            history = model.fit(
+                **data.keras_inputs("train", cfg.batch_size, shuffle=True),
+                epochs=cfg.epochs,
+                callbacks=[guard, StopOnSignal(), *callbacks],
+                verbose=default_verbosity() if verbose is None else verbose,
+            )
     except tf.errors.InvalidArgumentError as exc:  # e.g. an image file that does not decode
         raise data.read_error(exc, "train") from None
     guard.check()
@@ -112,7 +114,10 @@ def evaluate(model, data, batch_size: int = 512, split: str = "test") -> float:
     if not is_compiled(model):
         compile_model(model)
     try:
-        _, accuracy = model.evaluate(**data.keras_inputs(split, batch_size), verbose=0)
+        with stopping.deferred():
+            _, accuracy = model.evaluate(
+                **data.keras_inputs(split, batch_size), callbacks=[StopOnSignal()], verbose=0
+            )
     except tf.errors.InvalidArgumentError as exc:
         raise data.read_error(exc, split) from None
     return float(accuracy)
@@ -121,6 +126,18 @@ def evaluate(model, data, batch_size: int = 512, split: str = "test") -> float:
 def is_compiled(model) -> bool:
     """Whether `model` was compiled (tf-keras: a compiled loss; Keras 3: `model.compiled`)."""
     return bool(model.compiled if is_keras3(model) else model.compiled_loss)
+
+
+class StopOnSignal(tf.keras.callbacks.Callback):
+    """Raises a SIGTERM / SIGINT noted inside `stopping.deferred()` between two batches."""
+
+    _supports_tf_logs = True  # no per-batch conversion of the logs to numpy
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        stopping.raise_if_pending()
+
+    def on_test_batch_end(self, batch: int, logs=None) -> None:
+        stopping.raise_if_pending()
 
 
 class EpochLogger(tf.keras.callbacks.Callback):

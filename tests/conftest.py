@@ -3,8 +3,15 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as users get it (avlsi/__init__)
 
+import atexit  # noqa: E402
+import json  # noqa: E402
+import select  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -72,10 +79,16 @@ class Cli:
             f"hydra.sweep.dir={self.tmp}/sweep{self.count}",
         ]
 
-    def __call__(self, *overrides: str, tiny: bool = True, env: dict | None = None):
+    def __call__(
+        self, *overrides: str, tiny: bool = True, env: dict | None = None, fresh: bool = False
+    ) -> subprocess.CompletedProcess:
+        """`python run.py [TINY] OVERRIDES PATHS`, forked from the zygote (tests/zygote.py);
+        a fresh interpreter where `fresh` or `env` asks for what happens at import time."""
         flags = [a for a in overrides if a.startswith("-")]  # argparse wants them first
         rest = [a for a in overrides if not a.startswith("-")]
         args = [*flags, *(TINY if tiny else []), *rest, *self.paths()]
+        if not fresh and not env and os.environ.get("AVLSI_TEST_ZYGOTE", "1") == "1":
+            return zygote_client().run(args, cwd=self.tmp, timeout=600)
         return subprocess.run(
             [sys.executable, str(ROOT / "run.py"), *args],
             cwd=self.tmp,
@@ -96,6 +109,60 @@ class Cli:
         exp = client.get_experiment_by_name(experiment)
         runs = [] if exp is None else client.search_runs([exp.experiment_id])
         return [r for r in runs if parents or r.data.tags.get("avlsi.sweep") != "true"]
+
+
+class ZygoteClient:
+    """Talks to one tests/zygote.py process (started on first use, one per test worker)."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="avlsi-zygote-"))  # the children's output
+        atexit.register(shutil.rmtree, self.folder, True)
+        log = self.folder / "zygote.log"
+        with log.open("w") as errors:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "zygote.py")],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                text=True, cwd=ROOT,
+            )  # fmt: skip
+        if not self.proc.stdout.readline().strip():
+            raise RuntimeError(f"tests/zygote.py did not start:\n{log.read_text()[-3000:]}")
+
+    def answer(self, deadline: float) -> dict:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+            raise TimeoutError
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the test zygote (tests/zygote.py) died")
+        return json.loads(line)
+
+    def run(self, args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+        out, err = self.folder / "stdout", self.folder / "stderr"
+        request = {"args": args, "cwd": str(cwd), "env": dict(os.environ)}
+        request |= {"stdout": str(out), "stderr": str(err)}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        pid = self.answer(deadline)["pid"]
+        try:
+            code = self.answer(deadline)["code"]
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            self.answer(time.monotonic() + 60)
+            raise subprocess.TimeoutExpired(["run.py", *args], timeout) from None
+        stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+        out.unlink()
+        err.unlink()
+        return subprocess.CompletedProcess(["run.py", *args], code, stdout, stderr)
+
+
+_zygote: list[ZygoteClient] = []
+
+
+def zygote_client() -> ZygoteClient:
+    if not _zygote or _zygote[0].proc.poll() is not None:
+        _zygote[:] = [ZygoteClient()]
+    return _zygote[0]
 
 
 @pytest.fixture

@@ -294,6 +294,35 @@ def test_four_jobs_started_at_once_on_a_new_sqlite_file_all_finish(cli):
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
+def test_a_signal_inside_keras_loops_waits_for_a_safe_point(monkeypatch):
+    """Inside `deferred()` (Keras' fit / evaluate) SIGTERM is only noted; it is raised between
+    two batches (or on leaving), never inside C code that TensorFlow called Python from."""
+    from avlsi import stopping
+    from avlsi.errors import Terminated
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(stopping, "_state", {"deferring": 0, "pending": None})
+    signal.signal(signal.SIGTERM, stopping._on_signal)
+    try:
+        with pytest.raises(Terminated), stopping.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run: nothing raised yet
+            reached = True
+        assert reached
+        signal.signal(signal.SIGTERM, stopping._on_signal)
+        with stopping.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            with pytest.raises(Terminated):
+                stopping.raise_if_pending()  # what StopOnSignal calls at a batch's end
+        with pytest.raises(Terminated):  # outside Keras' loops: raised at once
+            signal.signal(signal.SIGTERM, stopping._on_signal)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_terminated_job_reaches_the_sweep_through_pickling():
     """A joblib worker stopped by SIGTERM sends `Terminated` back to the sweep, pickled."""
     import pickle

@@ -100,6 +100,7 @@ def test_same_config_and_seed_give_the_same_numbers(cli):
         "psize=0.5",
         "seed=3",
         "store.reuse=false",
+        fresh=True,  # a new interpreter (another hash seed), not a fork of the same one
     )
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
     runs = cli.runs()
@@ -191,3 +192,12 @@ def test_bad_input_found_inside_a_job_is_one_line_and_leaves_nothing(cli, overri
     assert_one_line_error(proc, *needles)
     assert all(r.info.status == "FAILED" for r in cli.runs())
     assert not cli.store.exists() or not any(cli.store.rglob("*.keras"))
+
+
+@pytest.mark.parametrize("overrides", [["psize=1.5"], ["criterion.scope=layer"], ["--help"]])
+def test_a_command_line_forked_from_the_zygote_answers_as_a_fresh_interpreter(cli, overrides):
+    """tests/zygote.py (imports done once, a fork per command line) changes nothing a user
+    sees: the same exit code, stdout and stderr as `python run.py` in a new interpreter."""
+    forked, fresh = cli(*overrides), cli(*overrides, fresh=True)
+    assert (forked.returncode, forked.stderr) == (fresh.returncode, fresh.stderr)
+    assert forked.stdout.replace("run1", "run2") == fresh.stdout.replace("run1", "run2")
