@@ -718,16 +718,24 @@ def check_finite(cfg: DictConfig) -> None:
 NOT_IN_STAGE_COMMAND = ("stage", "hydra", "verbose", "rerun", "report")
 
 
-def stage_command(stage: str) -> str | None:
-    """`python run.py stage=STAGE ...` with every override of the running job that matters
-    (model, dataset, criterion, psize, train.*, store.dir, mlflow.*, ...); None outside Hydra."""
+def job_command(
+    first: list[str], drop_groups: tuple[str, ...], drop_keys: tuple[str, ...] = ()
+) -> str | None:
+    """`python run.py FIRST ...` with the running job's overrides but those under
+    `drop_groups` (hydra.run.dir, ...) or named in `drop_keys`; None outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return None
-    kept = [
-        str(o)
-        for o in HydraConfig.get().overrides.task
-        if str(o).lstrip("+~").split("=")[0].split(".")[0] not in NOT_IN_STAGE_COMMAND
-    ]
-    return " ".join(["python run.py", f"stage={stage}", *(shlex.quote(o) for o in kept)])
+    kept = []
+    for override in map(str, HydraConfig.get().overrides.task):
+        key = override.lstrip("+~").split("=")[0]
+        if key.split(".")[0] not in drop_groups and key not in drop_keys:
+            kept.append(override)
+    return " ".join(["python run.py", *(shlex.quote(o) for o in [*first, *kept])])
+
+
+def stage_command(stage: str) -> str | None:
+    """`python run.py stage=STAGE ...` with every override of the running job that matters
+    (model, dataset, criterion, psize, train.*, store.dir, mlflow.*, ...); None outside Hydra."""
+    return job_command([f"stage={stage}"], NOT_IN_STAGE_COMMAND)

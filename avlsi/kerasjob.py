@@ -21,6 +21,11 @@ KERASSURGEON_ON_KERAS3 = (
     "surgery.engine=kerassurgeon works on tf-keras models only, and this model is a Keras 3 "
     "one; pass surgery.engine=native (or auto)"
 )
+TFMOT_ON_KERAS3 = (
+    "schedule=tfmot wraps tf-keras layers (TF Model Optimization 0.8 has no Keras 3 support), "
+    "and this model is a Keras 3 one; pass schedule=gradual (AVLSI's own gradual magnitude "
+    "pruning, the same schedule)"
+)
 
 
 def engine_setting(cfg: DictConfig) -> str:
@@ -37,15 +42,27 @@ def does_surgery(cfg: DictConfig) -> bool:
     return "prune" in steps_of(cfg) and bool(criterion.prunes) and bool(criterion.structured)
 
 
+def tf_keras_only(cfg: DictConfig) -> str | None:
+    """Why this job needs a tf-keras model (kerassurgeon, TF Model Optimization), or None."""
+    from avlsi.schedule_checks import schedule_name
+
+    if engine_setting(cfg) == "kerassurgeon" and does_surgery(cfg):
+        return KERASSURGEON_ON_KERAS3
+    if schedule_name(cfg) == "tfmot":
+        return TFMOT_ON_KERAS3
+    return None
+
+
 def check_engine(cfg: DictConfig, version: int | None) -> None:
-    """A UserError for surgery.engine=kerassurgeon on a Keras 3 model (version 3)."""
-    if version == 3 and engine_setting(cfg) == "kerassurgeon" and does_surgery(cfg):
-        raise UserError(KERASSURGEON_ON_KERAS3)
+    """A UserError for kerassurgeon or schedule=tfmot on a Keras 3 model (version 3)."""
+    reason = tf_keras_only(cfg) if version == 3 else None
+    if reason:
+        raise UserError(reason)
 
 
 def check_engine_early(cfg: DictConfig) -> None:
     """`check_engine` before TensorFlow loads, where the config says the model's Keras."""
-    if engine_setting(cfg) != "kerassurgeon" or not does_surgery(cfg):
+    if tf_keras_only(cfg) is None:
         return
     from avlsi.models import keras_choice
 

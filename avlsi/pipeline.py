@@ -189,7 +189,7 @@ class Job:
         """What the criterion will prune; a layer or model it cannot prune fails here."""
         if "prune" not in self.steps or not self.cfg.criterion.prunes:
             return None
-        kerasjob.check_engine(self.cfg, keras_version(model))  # kerassurgeon on Keras 3
+        kerasjob.check_engine(self.cfg, keras_version(model))  # kerassurgeon / tfmot on Keras 3
         targets = prune_targets(model, self.cfg.criterion)
         check_something_goes(targets, self.cfg.criterion, self.cfg.psize)
         return targets
@@ -304,6 +304,7 @@ class Job:
         if name == "tfmot":
             from avlsi.tfmot_schedule import finetune_with_tfmot
 
+            kerasjob.check_engine(cfg, keras_version(model))  # tf-keras only (a stored model)
             finetune_with_tfmot(self, model, settings)
             self.measure(model, "finetuned")
             self.save(model, "finetuned")

@@ -22,9 +22,15 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from avlsi.config import job_command
+
 log = logging.getLogger(__name__)
 
 PLOT, TABLE, RATIOS = "sensitivity.png", "sensitivity", "ratios.yaml"
+# The printed job with the ratios keeps the analysis' overrides (model, dataset, sizes, seed,
+# stores) but these: the ratios job sets the criterion's scope and ratios itself.
+NOT_IN_RATIOS_COMMAND = ("task", "sensitivity", "stage", "hydra", "verbose", "rerun", "report")
+RATIOS_REPLACE = ("criterion", "criterion.scope", "criterion.ratios", "criterion.layer")
 
 
 def _targets(model, criterion) -> list[tuple[str, list[str]]]:
@@ -253,7 +259,7 @@ def run_sensitivity(cfg: DictConfig, output_dir: Path, choices: dict[str, str]) 
         record.log_metrics({f"ratio.{group}": r for group, r in ratios.items()})
         for file in (PLOT, f"{TABLE}.csv", f"{TABLE}.md", RATIOS):
             mlflow.log_artifact(str(out / file), artifact_path="sensitivity")
+    first = [f"criterion={criterion.name}", "criterion.scope=layerwise", override_line(ratios)]
+    command = job_command(first, NOT_IN_RATIOS_COMMAND, RATIOS_REPLACE) or " ".join(first)
     return (f"sensitivity of {len(set(table['group']))} groups written to {out} ({PLOT}, "
-            f"{TABLE}.csv, {RATIOS}); a job with those ratios: python run.py "
-            f"criterion={criterion.name} criterion.scope=layerwise '{override_line(ratios)}' "
-            f"model={choices.get('model')}{same}")  # fmt: skip
+            f"{TABLE}.csv, {RATIOS}); a job with those ratios: {command}{same}")  # fmt: skip

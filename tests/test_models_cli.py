@@ -193,6 +193,10 @@ def test_a_keras_application_builds_for_the_dataset(cli):
         (["finetune.momentum=1"], ["finetune.momentum=1"]),
         (["surgery.engine=scalpel"], ["scalpel", "auto, kerassurgeon, native"]),
         (["model.keras=3", "surgery.engine=kerassurgeon"], ["kerassurgeon", "Keras 3", "native"]),
+        (
+            ["model.keras=3", "criterion=magnitude", "schedule=tfmot", "psize=0.5"],
+            ["schedule=tfmot", "Keras 3", "schedule=gradual"],
+        ),
         (["model=keras_app", "model.name=VGG16", "model.keras=4"], ["model.keras=4", "3"]),
     ],
 )

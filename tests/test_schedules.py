@@ -67,15 +67,16 @@ def test_ratios_set_each_groups_share():
     assert chosen == {"a": [0, 1, 2, 3, 4], "b": [0, 1, 2, 3, 4, 5]}
 
 
-def _dense_model(seed=0):
-    import tensorflow as tf
+def _dense_model(seed=0, keras_name="tf_keras"):
+    import importlib
 
-    tf.keras.utils.set_random_seed(seed)
-    inputs = tf.keras.Input((8,))
-    x = tf.keras.layers.Dense(16, activation="relu", name="d0")(inputs)
-    x = tf.keras.layers.Dense(16, activation="relu", name="d1")(x)
-    outputs = tf.keras.layers.Dense(3, activation="softmax", name="out")(x)
-    return tf.keras.Model(inputs, outputs)
+    keras = importlib.import_module(keras_name)  # tf_keras, or keras (Keras 3)
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(16, activation="relu", name="d0")(inputs)
+    x = keras.layers.Dense(16, activation="relu", name="d1")(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="out")(x)
+    return keras.Model(inputs, outputs)
 
 
 def _data(n=64):
@@ -83,11 +84,12 @@ def _data(n=64):
     return rng.normal(size=(n, 8)).astype("float32"), rng.integers(0, 3, n)
 
 
-def test_gradual_reaches_psize_with_masks_held_between_updates():
+@pytest.mark.parametrize("keras_name", ["tf_keras", "keras"])
+def test_gradual_reaches_psize_with_masks_held_between_updates(keras_name):
     from avlsi import train
     from avlsi.schedules import GradualPruning, VariableMask
 
-    model = _dense_model()
+    model = _dense_model(keras_name=keras_name)
     layers = [model.get_layer("d0"), model.get_layer("d1")]
     schedule = OmegaConf.create({"initial_sparsity": 0.0, "begin_step": 0, "frequency": 3})
     seen = []
@@ -114,12 +116,15 @@ def test_gradual_reaches_psize_with_masks_held_between_updates():
             assert before == after
 
 
-def test_rewinding_restores_the_stored_weights_of_that_epoch_masked(tmp_path, monkeypatch):
+@pytest.mark.parametrize("keras_name", ["tf_keras", "keras"])
+def test_rewinding_restores_the_stored_weights_of_that_epoch_masked(
+    tmp_path, monkeypatch, keras_name
+):
     from avlsi import masking, train
     from avlsi.rewind import KeepWeights, has_point, rewind, store_points
     from avlsi.store import ModelStore
 
-    model = _dense_model()
+    model = _dense_model(keras_name=keras_name)
     keep = KeepWeights(model, [0, 1])
     initial = [w.copy() for w in model.get_weights()]
     train.compile_model(model, 0.01)
@@ -148,7 +153,7 @@ def test_rewinding_restores_the_stored_weights_of_that_epoch_masked(tmp_path, mo
     meta = store.get("rewind", f"{key}-e1")[1]
     assert (meta["baseline_key"], meta["epoch"]) == (key, 1)
 
-    pruned = _dense_model(seed=5)
+    pruned = _dense_model(seed=5, keras_name=keras_name)
     masks = masking.magnitude_masks([pruned.get_layer("d0")], "layerwise", 0.5)
     masking.apply_masks(pruned, masks)
     monkeypatch.setattr("avlsi.keys.baseline_key", lambda _cfg: key)
@@ -158,7 +163,7 @@ def test_rewinding_restores_the_stored_weights_of_that_epoch_masked(tmp_path, mo
     assert np.array_equal(pruned.get_layer("d1").get_weights()[0], keep.kept[1][2])
     assert np.array_equal(pruned.get_layer("out").get_weights()[1], keep.kept[1][5])
 
-    store.put("baselines", key, _dense_model(seed=9), {"metrics": {}})  # retrained elsewhere
+    store.put("baselines", key, _dense_model(9, keras_name), {"metrics": {}})  # retrained elsewhere
     assert not has_point(store, key, store.get("baselines", key)[1], 1)  # tied to its file
 
 

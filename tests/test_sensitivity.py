@@ -79,3 +79,29 @@ def test_layerwise_ratios_prune_each_group_its_own_share(trained):
     units = select_group_units(scores, targets, criterion, 0.3)
     assert {k: len(v) for k, v in units.items()} == {"conv1": 4, "dense0": 2}
     assert units["conv1"] == sorted(np.argsort(scores["conv1"], kind="stable")[:4].tolist())
+
+
+@pytest.mark.slow
+def test_the_printed_ratios_job_runs_on_the_analysed_model_and_data(cli):
+    """`task=sensitivity` writes its files and one run, and prints a job that keeps the
+    analysis' model, data and stores: run as printed, it prunes with those ratios."""
+    import shlex
+
+    proc = cli("task=sensitivity", "criterion=l1", "sensitivity.psizes=[0.25,0.5]", "seed=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (cli.tmp / "run1" / "ratios.yaml").is_file()
+    printed = proc.stdout.split("a job with those ratios: ")[1].split("; uniform")[0]
+    words = shlex.split(printed)
+    assert words[:2] == ["python", "run.py"] and "task=sensitivity" not in words
+    assert "dataset.shape=[12,12,1]" in words and "seed=1" in words  # the analysed job's
+    (analysis,) = cli.runs()
+    assert any(key.startswith("ratio.") for key in analysis.data.metrics)
+    ratios_job = cli(*[w for w in words[2:] if not w.startswith(("hydra.", "store.", "mlflow."))],
+                     tiny=False)  # fmt: skip
+    assert ratios_job.returncode == 0, ratios_job.stderr[-3000:]
+    (pruned,) = [r for r in cli.runs() if r.info.run_id != analysis.info.run_id]
+    ratios = OmegaConf.load(cli.tmp / "run1" / "ratios.yaml").ratios
+    assert {f"criterion.ratios.{group}": str(r) for group, r in ratios.items()}.items() <= (
+        pruned.data.params.items()
+    )
+    assert pruned.data.tags["baseline.source"] == "reused"  # the analysed baseline
