@@ -142,6 +142,9 @@ class NpzConfig(DatasetConfig):
     path_kind: ClassVar[str | None] = "file"
     _target_: str = "avlsi.data.npz.load"
     name: str = "npz"
+    # (N, H, W) arrays are grayscale images and get a channel axis; false keeps them as they
+    # are: (N, T, C) sequences for Conv1D models
+    add_channel: bool = True
 
 
 @dataclass

@@ -8,10 +8,11 @@ element-wise activations, dropout, pooling, padding, DepthwiseConv with depth_mu
 ...); element-wise merges (Add, Multiply, ...) couple their inputs into one group (union-find);
 Concatenate on the channel axis keeps each input's group at an offset; Flatten maps channel c
 to rows `pos * C + c` of the next Dense. A layer the analysis cannot follow (Reshape that moves
-the channel axis, Lambda, TFOpLambda, custom layers, nested models, layers called more than
-once, softmax across channels, grouped convs, channels_first) makes every group flowing into
-it unprunable, with a reason naming the layer; so does reaching a model output or being merged
-with the model input. It never guesses.
+the channel axis, Lambda, TFOpLambda, custom layers, nested models (jobs flatten those called
+once first: avlsi/models/flatten.py), layers called more than once, softmax across channels,
+grouped convs, channels_first) makes every group flowing into it unprunable, with a reason
+naming the layer; so does reaching a model output or being merged with the model input.
+It never guesses.
 
 `masked_copy(model, removed)` zeroes, in a copy, the consumer weights through which removed
 channels are read; `equivalence_error(model, pruned, removed)` compares a pruned model with

@@ -49,6 +49,9 @@ def test_grey_images_vectors_floats_and_label_layouts(tmp_path: Path) -> None:
     }
     data = npz.load(cfg(write_npz(tmp_path / "g.npz", grey)), seed=0)
     assert data.input_shape == (5, 7, 1) and data.num_classes == 4
+    sequences = npz.load(cfg(tmp_path / "g.npz", add_channel=False), seed=0)
+    assert sequences.input_shape == (5, 7)  # (N, T, C) for a Conv1D model
+    assert np.array_equal(sequences.x_train, data.x_train[..., 0])
     assert data.y_train.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
     onehot = np.eye(5, dtype=np.float32)
     vectors = {
@@ -212,3 +215,20 @@ def test_an_npz_whose_header_promises_too_much_is_refused_before_reading(tmp_pat
     for check in (lambda: npz.check_file(path), lambda: npz.load(cfg(path), seed=0)):
         with pytest.raises(UserError, match="as float32, more than the .* of memory available"):
             check()
+
+
+def test_a_conv1d_model_on_3d_arrays_is_told_about_dataset_add_channel() -> None:
+    """(N, T, C) arrays read as grey images do not fit a Conv1D model: the one line says how."""
+    import tf_keras as keras
+
+    from avlsi.models import check_classifier
+
+    inputs = keras.Input((20, 3))
+    hidden = keras.layers.GlobalAveragePooling1D()(keras.layers.Conv1D(4, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(hidden))
+    with pytest.raises(UserError, match=r"20x3x1 .*dataset.add_channel=false"):
+        check_classifier(model, (20, 3, 1), 2, "model=file")
+    with pytest.raises(UserError) as other:  # another mismatch: no such hint
+        check_classifier(model, (21, 3, 1), 2, "model=file")
+    assert "add_channel" not in str(other.value)
+    assert check_classifier(model, (20, 3), 2, "model=file") is model

@@ -50,6 +50,16 @@ USER_MODELS = textwrap.dedent(
         x = L.SeparableConv2D(width, 3, padding="same", activation="relu")(x)
         x = L.GlobalAveragePooling2D()(x)
         return tf.keras.Model(inputs, L.Dense(num_classes, activation="softmax")(x))
+
+
+    def nested(input_shape, num_classes, width=8):  # a backbone model in a Sequential
+        inputs = tf.keras.Input(input_shape)
+        x = L.Conv2D(width, 3, padding="same", activation="relu")(inputs)
+        y = L.Conv2D(2 * width, 3, padding="same", activation="relu")(x)
+        y = L.BatchNormalization()(L.Conv2D(width, 3, padding="same")(y))
+        backbone = tf.keras.Model(inputs, L.ReLU()(L.Add()([x, y])), name="backbone")
+        head = [L.GlobalAveragePooling2D(), L.Dense(num_classes, activation="softmax")]
+        return tf.keras.Sequential([tf.keras.Input(input_shape), backbone, *head])
     """
 )
 
@@ -69,9 +79,10 @@ DATA = [
 
 @pytest.mark.slow
 def test_user_graphs_prune_correctly_through_the_cli(cli):
-    """One sweep over the three builders (one process: one TensorFlow start-up)."""
+    """One sweep over the four builders (one process: one TensorFlow start-up); the nested
+    one is flattened first (avlsi/models/flatten.py), then pruned inside its backbone."""
     (cli.tmp / "user_models.py").write_text(USER_MODELS)
-    builders = ("residual", "concat", "depthwise")
+    builders = ("residual", "concat", "depthwise", "nested")
     proc = cli(
         "-m",
         "model=builder",
@@ -91,3 +102,4 @@ def test_user_graphs_prune_correctly_through_the_cli(cli):
         assert metrics["pruned.params"] < metrics["baseline.params"], builder
         assert metrics["pruned.macs"] < metrics["baseline.macs"], builder
         assert "finetuned.test_accuracy" in metrics, builder
+    assert "1 nested model(s) flattened into one graph" in proc.stdout

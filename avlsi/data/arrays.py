@@ -4,7 +4,8 @@ checked and turned into a `Dataset`; shared by the npz and keras loaders.
 Checks run in two rounds, each error one line naming the array: `check_layout` needs only
 dtypes and shapes (an npz file's headers: nothing is read yet), `to_dataset` the values.
 - x: uint8 (scaled to [0, 1]) or float (kept, as float32), no nan / inf; (N, H, W, C)
-  images, (N, H, W) images (a channel axis is added), or (N, D) vectors (dense models);
+  images, (N, H, W) images (a channel axis is added; `dataset.add_channel=false` keeps
+  (N, T, C) sequences for Conv1D), or (N, D) vectors (dense models);
   train, validation and test of the same example shape.
 - y: integer class indices 0..K-1, (N,) or (N, 1); floats that are whole numbers pass;
   one-hot rows (N, K) (exactly one 1 per row) are turned into indices, K classes.
@@ -142,8 +143,9 @@ def labels(y: np.ndarray, key: str, source: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def images(x: np.ndarray, key: str, source: str) -> np.ndarray:
-    """float32 images in [0, 1] (uint8 scaled, floats kept) with a channel axis for 3-D."""
+def images(x: np.ndarray, key: str, source: str, add_channel: bool = True) -> np.ndarray:
+    """float32 images in [0, 1] (uint8 scaled, floats kept) with a channel axis for 3-D
+    (unless not `add_channel`: (N, T, C) sequences)."""
     if x.dtype == np.uint8:
         out = x.astype(np.float32) / np.float32(255.0)
     else:
@@ -156,7 +158,7 @@ def images(x: np.ndarray, key: str, source: str) -> np.ndarray:
                 f"{source}: {key} holds {value} at {tuple(int(i) for i in index)}; "
                 "remove or replace the nan / inf values"
             )
-    return out[..., np.newaxis] if out.ndim == 3 else out
+    return out[..., np.newaxis] if out.ndim == 3 and add_channel else out
 
 
 def count_classes(arrays: dict[str, np.ndarray], source: str) -> int:
@@ -190,7 +192,8 @@ def to_dataset(
     for split, keep in (("train", limit), ("test", test_limit)):
         if keep is not None:
             arrays[f"x_{split}"], ys[split] = arrays[f"x_{split}"][:keep], ys[split][:keep]
-    xs = {s: images(arrays[f"x_{s}"], f"x_{s}", source) for s in splits}
+    add_channel = bool(getattr(cfg, "add_channel", True))
+    xs = {s: images(arrays[f"x_{s}"], f"x_{s}", source, add_channel) for s in splits}
     data = Dataset(
         name=name,
         x_train=xs["train"],

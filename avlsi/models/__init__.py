@@ -172,6 +172,7 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int):
     from hydra.utils import instantiate
 
     from avlsi.config import FileModelConfig
+    from avlsi.models.flatten import flatten_nested
 
     builder = resolve_builder(cfg)
     what = describe(cfg)
@@ -194,7 +195,7 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int):
             f"{what} failed to build a model for input {_shape(shape)} and {num_classes} "
             f"classes: {type(err).__name__}: {text} (HYDRA_FULL_ERROR=1 shows the traceback)"
         ) from err
-    model = check_classifier(model, shape, num_classes, what)
+    model = flatten_nested(check_classifier(model, shape, num_classes, what), what)
     wanted = None if OmegaConf.get_type(cfg) is FileModelConfig else cfg.get("keras")
     if wanted is not None and keras_version(model) != int(wanted):
         raise UserError(
@@ -246,8 +247,17 @@ def check_classifier(model, input_shape: tuple[int, ...], num_classes: int, what
     )
     if not fits:
         given = _shape(d if d is not None else "?" for d in expected)
+        added = len(input_shape) == len(expected) + 1 == 3 and input_shape[-1] == 1
+        hint = (
+            " (a channel axis added to (N, T, C) arrays: for sequences, not grayscale images, "
+            "pass dataset.add_channel=false)"
+            if added
+            and all(e is None or e == g for e, g in zip(expected, input_shape[:-1], strict=True))
+            else ""
+        )
         raise UserError(
-            f"{what} takes inputs of shape {given}, but the dataset gives {_shape(input_shape)}"
+            f"{what} takes inputs of shape {given}, but the dataset gives "
+            f"{_shape(input_shape)}{hint}"
         )
     units = model.outputs[0].shape[-1]
     if len(model.outputs[0].shape) != 2 or units != num_classes:

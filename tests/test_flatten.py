@@ -1,0 +1,121 @@
+"""Nested models made one graph (avlsi/models/flatten.py), in tf-keras and Keras 3."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from avlsi.errors import UserError
+from avlsi.models.flatten import flatten_nested, has_nested_model
+
+KERASES = ["tf_keras", "keras"]
+
+
+def _outputs(model, x) -> np.ndarray:
+    return np.asarray(model(x, training=False))
+
+
+def _nested(keras, frozen: bool = False):
+    """A functional classifier calling a residual functional block, then a Sequential one
+    (BatchNormalization inside; the first block frozen, as a transfer-learning backbone)."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inner_in = keras.Input((8, 8, 3))
+    a = layers.Conv2D(4, 3, padding="same", name="a")(inner_in)
+    b = layers.Conv2D(4, 1, name="b")(layers.Conv2D(6, 1, activation="relu", name="a2")(a))
+    block = keras.Model(inner_in, layers.Add(name="merge")([a, b]), name="block")
+    block.trainable = not frozen
+    tail = keras.Sequential(
+        [keras.Input((8, 8, 4)), layers.Conv2D(5, 1, name="c"),
+         layers.BatchNormalization(name="bn"), layers.ReLU(name="relu")],
+        name="tail",
+    )  # fmt: skip
+    inputs = keras.Input((8, 8, 3))
+    x = layers.GlobalAveragePooling2D(name="gap")(tail(block(inputs)))
+    return keras.Model(inputs, layers.Dense(3, activation="softmax", name="out")(x))
+
+
+@pytest.mark.parametrize("keras_name", KERASES)
+def test_nested_models_become_their_layers_with_the_same_outputs(keras_name):
+    keras = importlib.import_module(keras_name)
+    model = _nested(keras, frozen=True)
+    bn = model.get_layer("tail").get_layer("bn")  # moving statistics that are not the defaults
+    bn.set_weights([w + 0.5 for w in bn.get_weights()])
+    flat = flatten_nested(model)
+    assert not has_nested_model(flat) and has_nested_model(model)
+    names = [layer.name for layer in flat.layers[1:]]
+    assert names == ["a", "a2", "b", "merge", "c", "bn", "relu", "gap", "out"]
+    assert {layer.name for layer in flat.layers if not layer.trainable} == {"a", "a2", "b", "merge"}
+    x = np.random.default_rng(1).random((5, 8, 8, 3), dtype=np.float32)
+    np.testing.assert_allclose(_outputs(flat, x), _outputs(model, x), rtol=1e-6, atol=1e-7)
+    assert flat.count_params() == model.count_params()
+    assert flatten_nested(flat) is flat  # nothing nested: the model itself
+
+
+@pytest.mark.parametrize("keras_name", KERASES)
+def test_a_flattened_model_is_analysed_pruned_and_reloaded(keras_name, tmp_path):
+    from avlsi.graph import pruning_groups
+    from avlsi.models.file import load_saved
+    from avlsi.surgery import delete_units
+
+    keras = importlib.import_module(keras_name)
+    flat = flatten_nested(_nested(keras))
+    prunable = {g.producers[0]: g for g in pruning_groups(flat) if g.prunable}
+    assert "a2" in prunable and "c" in prunable  # inside the former nested models
+    pruned = delete_units(flat, {"a2": [0, 5], "c": [1]}, engine="native")
+    assert pruned.get_layer("a2").filters == 4 and pruned.get_layer("c").filters == 4
+    pruned.save(tmp_path / "pruned.keras")
+    again = load_saved(tmp_path / "pruned.keras")
+    x = np.random.default_rng(2).random((2, 8, 8, 3), dtype=np.float32)
+    np.testing.assert_allclose(_outputs(again, x), _outputs(pruned, x), rtol=1e-6, atol=1e-7)
+
+
+def test_a_keras_applications_backbone_in_a_sequential_classifier_is_flattened():
+    import tf_keras as keras
+
+    from avlsi.graph import pruning_groups
+
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.35
+    )
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), backbone, keras.layers.GlobalAveragePooling2D(),
+         keras.layers.Dense(5, activation="softmax")]
+    )  # fmt: skip
+    flat = flatten_nested(model)
+    assert len(flat.layers) == len(backbone.layers) + 2
+    groups = pruning_groups(flat)
+    assert sum(g.prunable for g in groups) >= 20  # MobileNetV2's expansions and outputs
+    x = np.random.default_rng(3).random((2, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(_outputs(flat, x), _outputs(model, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_name_used_inside_and_outside_is_refused_in_one_line():
+    import tf_keras as keras
+
+    inner_in = keras.Input((4,))
+    inner = keras.Model(inner_in, keras.layers.Dense(4, name="dense")(inner_in), name="inner")
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(4, name="hidden")(inner(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="dense_out")(x))
+    model.get_layer("hidden")._name = "dense"  # the same name as the inner layer
+    with pytest.raises(UserError, match="layer name 'dense' is used both inside a nested"):
+        flatten_nested(model)
+
+
+def test_a_nested_model_called_twice_stays_nested_and_its_groups_are_refused():
+    import tf_keras as keras
+
+    from avlsi.graph import pruning_groups
+
+    inner_in = keras.Input((6,))
+    shared = keras.Model(inner_in, keras.layers.Dense(6, name="shared_dense")(inner_in))
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(6, activation="relu", name="first")(inputs)
+    x = shared(shared(x))  # the same weights twice: no single graph place for them
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    assert flatten_nested(model) is model
+    first = next(g for g in pruning_groups(model) if "first" in g.producers)
+    assert not first.prunable and "nested model" in first.reason
