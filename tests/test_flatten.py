@@ -119,3 +119,28 @@ def test_a_nested_model_called_twice_stays_nested_and_its_groups_are_refused():
     assert flatten_nested(model) is model
     first = next(g for g in pruning_groups(model) if "first" in g.producers)
     assert not first.prunable and "nested model" in first.reason
+
+
+@pytest.mark.parametrize("keras_name", KERASES)
+@pytest.mark.parametrize("training", [False, None])
+def test_a_backbone_called_with_training_false_keeps_that_mode_once_flat(keras_name, training):
+    """Keras' transfer-learning guide calls `base(x, training=False)` so that its batch
+    normalisation stays in inference mode while the rest fine-tunes: so does the flat model."""
+    keras = importlib.import_module(keras_name)
+    keras.utils.set_random_seed(0)
+    base_in = keras.Input((8, 8, 3))
+    h = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, padding="same")(base_in))
+    base = keras.Model(base_in, keras.layers.ReLU()(h), name="base")
+    bn = base.layers[2]
+    bn.set_weights([w + 0.5 for w in bn.get_weights()])  # moving statistics far from a batch's
+    inputs = keras.Input((8, 8, 3))
+    x = base(inputs) if training is None else base(inputs, training=training)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    flat = flatten_nested(model)
+    x = np.random.default_rng(4).random((4, 8, 8, 3), dtype=np.float32)
+    in_training = np.asarray(model(x, training=True))
+    np.testing.assert_allclose(np.asarray(flat(x, training=True)), in_training, atol=1e-6)
+    if keras_name == "tf_keras":  # Keras 3 lets the outer call's training= win (its
+        # functional.operation_fn): there the nested model trains too, flat or not
+        inference = np.asarray(model(x, training=False))
+        assert np.allclose(in_training, inference, atol=1e-6) == (training is False)

@@ -4,7 +4,9 @@ Transfer learning nests a whole model as one layer (a keras.applications backbon
 functional or Sequential classifier). The graph analysis follows layers, not models within
 models, so before anything else a nested model is replaced by its own layers, wired to what
 fed it: the config is rewritten (tf-keras and Keras 3 formats), rebuilt with the model's own
-Keras, given the same weights, and checked to compute the same outputs. Layer names stay
+Keras, given the same weights, and checked to compute the same outputs; a nested model
+called with `training=False` (Keras' transfer-learning recipe) passes that to each of its
+layers' calls, so its batch normalisation stays in inference mode. Layer names stay
 (a name used both inside and outside is refused); the result is a functional model.
 A nested model called more than once (weights shared between two calls) is left nested;
 the analysis then refuses the groups it touches, naming it.
@@ -78,6 +80,27 @@ def _tensor_refs(node, keras3: bool) -> list[list]:
     return found
 
 
+def _call_training(node, keras3: bool):
+    """The `training=` a call was made with (`backbone(x, training=False)`), or None."""
+    if keras3:
+        return (node.get("kwargs") or {}).get("training")
+    found = [ref[3].get("training") for ref in _tensor_refs(node, keras3) if len(ref) > 3]
+    return next((t for t in found if t is not None), None)
+
+
+def _set_training(entry: dict, training: bool, keras3: bool) -> None:
+    """Every call of `entry` made with `training=training`, as the nested model's call was:
+    its BatchNormalization / Dropout layers keep the mode that call gave them."""
+    for node in entry.get("inbound_nodes") or []:
+        if keras3:
+            node["kwargs"] = {**(node.get("kwargs") or {}), "training": training}
+            continue
+        for ref in _tensor_refs(node, keras3):
+            if len(ref) == 3:
+                ref.append({})
+            ref[3] = {**ref[3], "training": training}
+
+
 def _rewire(entry: dict, mapping: dict[str, list[Ref]], keras3: bool) -> None:
     """Point every reference to a name in `mapping` at its replacement (by tensor index)."""
     for ref in _tensor_refs(entry.get("inbound_nodes") or [], keras3):
@@ -139,11 +162,14 @@ def _flat_config(config: dict, keras3: bool, sequential: bool = False) -> tuple[
                 f"called on {len(call_inputs)}; AVLSI cannot flatten it"
             )
         feeds = {name: [ref] for (name, _, _), ref in zip(inner_inputs, call_inputs, strict=True)}
+        training = _call_training(nodes[0], keras3)
         for inner_entry in inner["layers"]:
             if _is_input(inner_entry):
                 continue
             inner_entry = {**inner_entry, "inbound_nodes": _listed(inner_entry["inbound_nodes"])}
             _rewire(inner_entry, feeds, keras3)
+            if training is not None:
+                _set_training(inner_entry, bool(training), keras3)
             if "name" not in inner_entry:
                 inner_entry["name"] = inner_entry["config"]["name"]
             layers.append(inner_entry)
