@@ -144,3 +144,20 @@ def test_a_backbone_called_with_training_false_keeps_that_mode_once_flat(keras_n
         # functional.operation_fn): there the nested model trains too, flat or not
         inference = np.asarray(model(x, training=False))
         assert np.allclose(in_training, inference, atol=1e-6) == (training is False)
+
+
+def test_frozen_layers_are_reported_once_flat(caplog):
+    """A frozen backbone stays frozen, and the job says so (fine-tuning will not move it)."""
+    import logging
+
+    import tf_keras as keras
+
+    from avlsi.models import report_frozen
+
+    flat = flatten_nested(_nested(keras, frozen=True))
+    with caplog.at_level(logging.INFO, logger="avlsi.models"):
+        report_frozen(flat, "model=file")
+        report_frozen(flatten_nested(_nested(keras)), "model=file")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "avlsi.models"]
+    assert line.startswith("model=file: 3 of 6 layers with weights are frozen")
+    assert line.endswith(": a, a2, b")

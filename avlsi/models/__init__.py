@@ -20,6 +20,7 @@ Importing this package does not import TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 
@@ -196,6 +197,7 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int):
             f"classes: {type(err).__name__}: {text} (HYDRA_FULL_ERROR=1 shows the traceback)"
         ) from err
     model = flatten_nested(check_classifier(model, shape, num_classes, what), what)
+    report_frozen(model, what)
     wanted = None if OmegaConf.get_type(cfg) is FileModelConfig else cfg.get("keras")
     if wanted is not None and keras_version(model) != int(wanted):
         raise UserError(
@@ -204,6 +206,19 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int):
             "model.keras"
         )
     return model
+
+
+def report_frozen(model, what: str) -> None:
+    """Say so when layers with weights are frozen (`trainable=False` as built or saved, e.g.
+    a transfer-learning backbone): training and fine-tuning leave their weights as they are."""
+    with_weights = [layer for layer in model.layers if layer.weights]
+    frozen = [layer.name for layer in with_weights if not layer.trainable]
+    if frozen:
+        logging.getLogger("avlsi.models").info(
+            "%s: %d of %d layers with weights are frozen (trainable=False, as the model says; "
+            "training and fine-tuning leave them as they are): %s", what, len(frozen),
+            len(with_weights), clip(", ".join(frozen[:8]) + (", ..." if len(frozen) > 8 else "")),
+        )  # fmt: skip
 
 
 def keras_name(version: int) -> str:
