@@ -238,6 +238,9 @@ class TrainConfig:
     # optimizer's default (adamw 0.004, as tf-keras; sgd 0). Adam with decay is adamw.
     weight_decay: float | None = None
     lr_schedule: LrSchedule = LrSchedule.constant
+    # true: every layer is trainable in this phase, whatever the model says (a frozen
+    # transfer-learning backbone then fine-tunes after pruning); false: as the model says
+    unfreeze: bool = False
 
 
 class FinetuneInit(StrEnum):

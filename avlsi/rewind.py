@@ -139,5 +139,6 @@ def lr_rewind_settings(cfg: DictConfig, train_size: int) -> DictConfig:
     epochs = int(cfg.finetune.epochs)
     batches = math.ceil(train_size / int(cfg.train.batch_size))
     settings["epochs"] = epochs
+    settings["unfreeze"] = bool(cfg.finetune.get("unfreeze", False))  # fine-tuning's own
     settings["step_offset"] = max(0, int(cfg.train.epochs) - epochs) * batches
     return OmegaConf.create(settings)

@@ -91,6 +91,8 @@ def fit(model, data, cfg, *, callbacks=(), verbose: int | None = None, phase: st
     A loss that stops being a finite number ends the job (UserError naming `phase`).
     """
     steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)  # the cosine's length
+    if cfg.epochs > 0 and getattr(cfg, "unfreeze", False):
+        model.trainable = True  # every layer, nested ones too (before compiling)
     compile_model(model, cfg, total_steps=steps)
     if cfg.epochs <= 0:
         return None

@@ -161,3 +161,24 @@ def test_frozen_layers_are_reported_once_flat(caplog):
     (line,) = [r.getMessage() for r in caplog.records if r.name == "avlsi.models"]
     assert line.startswith("model=file: 3 of 6 layers with weights are frozen")
     assert line.endswith(": a, a2, b")
+
+
+@pytest.mark.parametrize("unfreeze", [False, True])
+def test_unfreeze_trains_the_frozen_backbone_too(unfreeze):
+    """`finetune.unfreeze=true` (or train.): every layer trains, the frozen ones too."""
+    import tf_keras as keras
+    from omegaconf import OmegaConf
+
+    from avlsi import train
+    from avlsi.config import FinetuneConfig
+    from avlsi.data import Dataset
+
+    model = flatten_nested(_nested(keras, frozen=True))
+    before = model.get_layer("a").get_weights()[0].copy()
+    rng = np.random.default_rng(5)
+    x, y = rng.random((32, 8, 8, 3), dtype=np.float32), rng.integers(0, 3, 32)
+    data = Dataset(name="d", x_train=x, y_train=y, x_test=x, y_test=y, num_classes=3)
+    settings = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), {"unfreeze": unfreeze})
+    train.fit(model, data, settings, verbose=0)
+    moved = not np.array_equal(model.get_layer("a").get_weights()[0], before)
+    assert moved == unfreeze

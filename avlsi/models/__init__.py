@@ -216,7 +216,8 @@ def report_frozen(model, what: str) -> None:
     if frozen:
         logging.getLogger("avlsi.models").info(
             "%s: %d of %d layers with weights are frozen (trainable=False, as the model says; "
-            "training and fine-tuning leave them as they are): %s", what, len(frozen),
+            "training and fine-tuning leave them, unless train / finetune.unfreeze=true): %s",
+            what, len(frozen),
             len(with_weights), clip(", ".join(frozen[:8]) + (", ..." if len(frozen) > 8 else "")),
         )  # fmt: skip
 
