@@ -7,7 +7,6 @@ import importlib
 import numpy as np
 import pytest
 
-from avlsi.errors import UserError
 from avlsi.models.flatten import flatten_nested, has_nested_model
 
 KERASES = ["tf_keras", "keras"]
@@ -92,7 +91,9 @@ def test_a_keras_applications_backbone_in_a_sequential_classifier_is_flattened()
     np.testing.assert_allclose(_outputs(flat, x), _outputs(model, x), rtol=1e-5, atol=1e-6)
 
 
-def test_a_name_used_inside_and_outside_is_refused_in_one_line():
+def test_a_name_used_inside_and_outside_keeps_the_model_nested_saying_why(caplog):
+    import logging
+
     import tf_keras as keras
 
     inner_in = keras.Input((4,))
@@ -101,8 +102,11 @@ def test_a_name_used_inside_and_outside_is_refused_in_one_line():
     x = keras.layers.Dense(4, name="hidden")(inner(inputs))
     model = keras.Model(inputs, keras.layers.Dense(2, name="dense_out")(x))
     model.get_layer("hidden")._name = "dense"  # the same name as the inner layer
-    with pytest.raises(UserError, match="layer name 'dense' is used both inside a nested"):
-        flatten_nested(model)
+    with caplog.at_level(logging.WARNING, logger="avlsi.models.flatten"):
+        assert flatten_nested(model, "model=file") is model
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("model=file: its nested models stay nested")
+    assert "layer name 'dense' is used both inside a nested model and outside it" in line
 
 
 def test_a_nested_model_called_twice_stays_nested_and_its_groups_are_refused():

@@ -7,7 +7,8 @@ fed it: the config is rewritten (tf-keras and Keras 3 formats), rebuilt with the
 Keras, given the same weights, and checked to compute the same outputs; a nested model
 called with `training=False` (Keras' transfer-learning recipe) passes that to each of its
 layers' calls, so its batch normalisation stays in inference mode. Layer names stay
-(a name used both inside and outside is refused); the result is a functional model.
+(a name used both inside and outside keeps the model nested); the result is a functional
+model. Where flattening fails the model stays nested, with a warning saying why.
 A nested model called more than once (weights shared between two calls) is left nested;
 the analysis then refuses the groups it touches, naming it.
 """
@@ -222,36 +223,43 @@ def has_nested_model(model) -> bool:
 
 def flatten_nested(model, what: str = "the model") -> Any:
     """`model` with its nested models (each called once) replaced by their layers, or
-    `model` itself when it nests none; the same outputs, checked on random inputs."""
+    `model` itself when it nests none; the same outputs, checked on random inputs.
+
+    Where flattening fails (a name used inside and outside, a config Keras cannot rebuild,
+    other outputs) the model stays as it is, with a warning saying why: the analysis then
+    refuses the groups that flow into the nested model, as it always did."""
     if not has_nested_model(model):
         return model
+    try:
+        flat, nested = _flattened(model)
+    except Exception as exc:  # never worse than not flattening: the nested model stays
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = text if isinstance(exc, UserError) else f"{type(exc).__name__}: {text}"
+        log.warning("%s: its nested models stay nested (their groups cannot be pruned): %s",
+                    what, reason)  # fmt: skip
+        return model
+    if flat is None:
+        return model
+    log.info("%s: %d nested model(s) flattened into one graph of %d layers", what, nested,
+             len(flat.layers))  # fmt: skip
+    return flat
+
+
+def _flattened(model) -> tuple[Any, int]:
+    """(the flat model or None when nothing nested is called once, how many were flattened)."""
     from avlsi.surgery.native import _custom_objects
 
     keras3, keras = is_keras3(model), keras_of(model)
     sequential = isinstance(model, keras.Sequential)
     config, nested = _flat_config(copy.deepcopy(model.get_config()), keras3, sequential)
     if not nested:
-        return model
+        return None, 0
     for entry in config["layers"]:
         entry.pop("build_config", None)
-    try:
-        with keras.utils.custom_object_scope(_custom_objects(model)):
-            flat = keras.Model.from_config(config)
-    except UserError:
-        raise
-    except Exception as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(
-            f"{what} nests models that AVLSI could not flatten into one graph: "
-            f"{type(exc).__name__}: {text}"
-        ) from exc
+    with keras.utils.custom_object_scope(_custom_objects(model)):
+        flat = keras.Model.from_config(config)
     _same_weights(model, flat)
     difference = _largest_difference(model, flat)
     if not difference <= 1e-5:
-        raise UserError(
-            f"{what}: flattening its nested models changed its outputs (by {difference:.2g}); "
-            "please report this model"
-        )
-    log.info("%s: %d nested model(s) flattened into one graph of %d layers", what, nested,
-             len(flat.layers))  # fmt: skip
-    return flat
+        raise UserError(f"flattening changed the outputs by {difference:.2g} (please report it)")
+    return flat, nested
