@@ -87,6 +87,10 @@ class FileModelConfig:
     _target_: str = "avlsi.models.file.load"
     name: str = "file"
     path: str | None = None  # required; its content (not its place) is in the keys
+    # Modules imported before the model is loaded: those defining its custom layers
+    # (registered with keras.saving.register_keras_serializable, or any Layer subclass in
+    # them); importable from the folder you run in. Their source files are in the keys.
+    imports: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -213,7 +213,22 @@ def _model_parts(cfg: DictConfig) -> dict[str, Any]:
     for key in MODEL_FILES:
         if parts.get(key):
             parts[key] = path_fingerprint(Path(str(parts[key])).expanduser())
+    if parts.get("imports"):  # the modules of a file's custom layers: their code counts
+        parts["imports"] = {name: module_fingerprint(name) for name in parts["imports"]}
     return parts
+
+
+def module_fingerprint(name: str) -> str:
+    """Fingerprint (16 hex) of module `name`'s source file, found without importing it
+    ('unknown' when it cannot be found: the job then stops on importing it)."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec(name)
+    except Exception:  # noqa: BLE001  (a parent package that fails: reported on import)
+        return "unknown"
+    origin = spec.origin if spec else None
+    return file_fingerprint(Path(origin))[:16] if origin and Path(origin).is_file() else "unknown"
 
 
 def builder_fingerprint(target: str) -> str:

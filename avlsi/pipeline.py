@@ -32,6 +32,7 @@ from avlsi.keys import (
 from avlsi.latency import pin_threads
 from avlsi.metrics import relative_metrics, size_metrics
 from avlsi.models import build_model
+from avlsi.models.file import import_user_modules
 from avlsi.schedule_checks import schedule_name
 from avlsi.store import ModelStore
 from avlsi.targets import (
@@ -94,6 +95,7 @@ class Job:
 
     def __init__(self, cfg: DictConfig, output_dir: Path) -> None:
         self.cfg, self.output_dir = cfg, output_dir
+        import_user_modules(cfg.model.get("imports"))  # stored models use their layers too
         self.store = ModelStore(cfg.store.dir)
         self.steps = steps_of(cfg)
         self.metrics: dict[str, float] = {}

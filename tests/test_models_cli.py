@@ -267,3 +267,61 @@ def test_builder_and_application_mistakes_name_the_fix(overrides, shape, needles
         check_buildable(cfg.model)
         build_model(cfg.model, shape, 10)
     assert all(needle in str(refused.value) for needle in needles), refused.value
+
+
+CUSTOM_LAYERS = """
+import tf_keras as keras
+
+
+@keras.saving.register_keras_serializable(package="mine")
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+"""
+
+
+@pytest.mark.slow
+def test_a_model_with_custom_layers_loads_with_model_imports(cli, monkeypatch):
+    """Without its module the file is one line naming the class and `model.imports`; with
+    `model.imports=[my_layers]` (a module in the folder the user runs in) it is pruned."""
+    import importlib
+
+    import tf_keras as keras
+
+    (cli.tmp / "my_layers.py").write_text(CUSTOM_LAYERS)
+    monkeypatch.syspath_prepend(str(cli.tmp))
+    scale = importlib.import_module("my_layers").Scale
+    inputs = keras.Input((12, 12, 1))
+    x = scale()(keras.layers.Conv2D(4, 3, activation="relu")(inputs))
+    x = keras.layers.Conv2D(6, 3, activation="relu")(x)  # prunable: GAP, then the output
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(10)(x)).save(cli.tmp / "custom.keras")
+    base = job("model=file", f"model.path={cli.tmp / 'custom.keras'}", "criterion=l1")
+    assert_one_line_error(cli(*base, tiny=False), "mine>Scale", "model.imports=[MODULE]")
+    proc = cli(*base, "model.imports=[my_layers]", tiny=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = [r for r in cli.runs() if r.info.status == "FINISHED"]
+    assert run.data.metrics["pruned.params"] < run.data.metrics["baseline.params"]
+
+
+def test_the_custom_layers_module_source_is_in_the_baseline_key(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from avlsi.keys import _model_parts
+
+    (tmp_path / "layers_v.py").write_text("FACTOR = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from avlsi.config import FileModelConfig
+
+    model = OmegaConf.merge(OmegaConf.structured(FileModelConfig), {"imports": ["layers_v"]})
+    cfg = OmegaConf.create({"model": model})
+    before = _model_parts(cfg)["imports"]["layers_v"]
+    (tmp_path / "layers_v.py").write_text("FACTOR = 3\n")
+    assert _model_parts(cfg)["imports"]["layers_v"] != before != "unknown"

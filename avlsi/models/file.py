@@ -4,13 +4,16 @@
 path or a wrong kind of file is refused at once, and `keras_version_of` says which Keras
 wrote it (the `keras_version` of metadata.json / the HDF5 attributes: 3.x is Keras 3).
 `load` then loads it with that Keras (tf-keras or Keras 3) in safe mode (no Python `lambda`
-is deserialised, whatever the format), not compiled.
+is deserialised, whatever the format), not compiled, after importing `model.imports` (the
+modules that define its custom layers).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -107,17 +110,89 @@ def _h5_version(path: Path) -> str:
     return version.decode() if isinstance(version, bytes) else str(version)
 
 
+# The custom objects of the modules `model.imports` named (see import_user_modules).
+_user_objects: dict[str, type] = {}
+
+
+def _is_layer_class(value) -> bool:
+    bases = [
+        sys.modules[name].layers.Layer for name in ("tf_keras", "keras") if name in sys.modules
+    ]
+    return isinstance(value, type) and any(issubclass(value, base) for base in bases)
+
+
+def import_user_modules(modules) -> None:
+    """Import `model.imports` (once each): their registered classes become known to Keras,
+    and their Layer subclasses (and a `custom_objects` dict, if they have one) are passed to
+    every load of a model or stored model in this process."""
+    for name in [str(m) for m in modules or []]:
+        try:
+            module = importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001  (the user's module: any failure is one line)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise UserError(
+                f"model.imports: cannot import {name!r} ({type(err).__name__}: {first}); it "
+                "must be importable from the folder you run in (or PYTHONPATH)"
+            ) from err
+        found = dict(getattr(module, "custom_objects", None) or {})
+        for value in vars(module).values():
+            if _is_layer_class(value) and value.__module__ == module.__name__:
+                found.setdefault(value.__name__, value)
+        _user_objects.update(found)
+
+
+def _custom_classes(path: Path) -> list[str]:
+    """Best effort: the layer classes a .keras / .h5 file's config names from outside Keras."""
+    try:
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                text = archive.read("config.json").decode()
+        elif path.suffix in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(path, "r") as h5:
+                raw = h5.attrs["model_config"]
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        else:
+            return []
+    except Exception:  # noqa: BLE001  (only a hint)
+        return []
+    found: list[str] = []
+
+    def walk(obj) -> None:
+        if isinstance(obj, dict):
+            module = str(obj.get("module") or "")
+            if "class_name" in obj and module and not module.startswith(("keras", "tf_keras")):
+                found.append(str(obj.get("registered_name") or obj["class_name"]))
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value)
+
+    walk(json.loads(text))
+    return sorted(set(found))
+
+
 def load(input_shape: tuple[int, ...], num_classes: int, cfg):
     """The model saved at `cfg.path`, loaded with the Keras that wrote it, in safe mode and
-    not compiled."""
+    not compiled (after importing `cfg.imports`, the modules of its custom layers)."""
     path = Path(str(cfg.path)).expanduser()
     version = check_file(path)
+    import_user_modules(cfg.get("imports"))
     try:
         return load_saved(path, version)
     except Exception as err:  # noqa: BLE001  (any loader failure is the file's problem)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         which = "Keras 3" if version == 3 else "tf-keras"
-        raise UserError(f"{_setting(path)} cannot be loaded by {which}: {first}") from err
+        custom = _custom_classes(path)
+        hint = (
+            f"; it uses custom layers ({', '.join(custom)}): pass model.imports=[MODULE] "
+            "naming the module that defines them"
+            if custom
+            else ""
+        )
+        raise UserError(f"{_setting(path)} cannot be loaded by {which}: {first}{hint}") from err
 
 
 def load_saved(path: Path, version: int | None = None):
@@ -135,5 +210,8 @@ def load_saved(path: Path, version: int | None = None):
     # load_model's safe_mode covers .keras only; the scope extends it to .h5 / SavedModel.
     with SafeModeScope(True):
         return keras.models.load_model(
-            path, compile=False, safe_mode=True, custom_objects=application_layers(version)
+            path,
+            compile=False,
+            safe_mode=True,
+            custom_objects={**application_layers(version), **_user_objects},
         )
