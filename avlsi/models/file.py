@@ -186,13 +186,13 @@ def load(input_shape: tuple[int, ...], num_classes: int, cfg):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         which = "Keras 3" if version == 3 else "tf-keras"
         custom = _custom_classes(path)
-        hint = (
-            f"; it uses custom layers ({', '.join(custom)}): pass model.imports=[MODULE] "
-            "naming the module that defines them"
-            if custom
-            else ""
-        )
-        raise UserError(f"{_setting(path)} cannot be loaded by {which}: {first}{hint}") from err
+        if custom and not cfg.get("imports"):
+            raise UserError(
+                f"{_setting(path)} uses custom layers ({', '.join(custom)}): pass "
+                f"model.imports=[MODULE] naming the module that defines them ({which} said: "
+                f"{first})"
+            ) from err
+        raise UserError(f"{_setting(path)} cannot be loaded by {which}: {first}") from err
 
 
 def load_saved(path: Path, version: int | None = None):
