@@ -49,3 +49,31 @@ def residual_cnn(
         x = layers.Dropout(dropout)(x)
     outputs = layers.Dense(num_classes)(x)  # logits: AVLSI trains with from_logits=True
     return tf.keras.Model(inputs, outputs, name="residual_cnn")
+
+
+def transfer(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    backbone: str = "MobileNetV2",
+    alpha: float = 0.35,
+    frozen: bool = True,
+) -> tf.keras.Model:
+    """Transfer learning's shape, as Keras' guide builds it: a `keras.applications` backbone
+    (no top, `weights=None` here: no download; load your own weights into it) nested as one
+    layer and called with `training=False`, then a new head. AVLSI flattens the backbone into
+    the graph before pruning; with `frozen`, pass `finetune.unfreeze=true` to let the pruned
+    backbone recover.
+
+        python run.py model=builder model._target_=examples.my_models.transfer \\
+            dataset=synthetic dataset.shape=[32,32,3] criterion=l1 psize=0.3 \\
+            finetune.unfreeze=true
+    """
+    base = getattr(tf.keras.applications, backbone)(
+        input_shape=input_shape, include_top=False, weights=None, alpha=alpha
+    )
+    base.trainable = not frozen
+    inputs = tf.keras.Input(shape=input_shape)
+    x = base(inputs, training=False)  # its batch normalisation stays in inference mode
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.2)(x)
+    return tf.keras.Model(inputs, layers.Dense(num_classes)(x), name="transfer")

@@ -186,3 +186,18 @@ def test_unfreeze_trains_the_frozen_backbone_too(unfreeze):
     train.fit(model, data, settings, verbose=0)
     moved = not np.array_equal(model.get_layer("a").get_weights()[0], before)
     assert moved == unfreeze
+
+
+def test_the_transfer_learning_example_is_flat_and_prunable_with_a_frozen_backbone():
+    """examples/my_models.transfer through build_model (as `model=builder` calls it)."""
+    from omegaconf import OmegaConf
+
+    from avlsi.graph import pruning_groups
+    from avlsi.models import build_model
+
+    cfg = OmegaConf.create({"_target_": "examples.my_models.transfer", "name": "builder"})
+    model = build_model(cfg, (32, 32, 3), 10)
+    assert not has_nested_model(model) and len(model.layers) > 100
+    layers_with_weights = [layer for layer in model.layers if layer.weights]
+    assert [layer.trainable for layer in layers_with_weights].count(True) == 1  # the head
+    assert sum(g.prunable for g in pruning_groups(model)) >= 20
