@@ -305,6 +305,8 @@ def test_a_model_with_custom_layers_loads_with_model_imports(cli, monkeypatch):
     keras.Model(inputs, keras.layers.Dense(10)(x)).save(cli.tmp / "custom.keras")
     base = job("model=file", f"model.path={cli.tmp / 'custom.keras'}", "criterion=l1")
     assert_one_line_error(cli(*base, tiny=False), "mine>Scale", "model.imports=[MODULE]")
+    wrong = cli(*base, "model.imports=[json]", tiny=False)  # imported, defines no layer
+    assert_one_line_error(wrong, "mine>Scale", "model.imports=[json] did not define them")
     proc = cli(*base, "model.imports=[my_layers]", tiny=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = [r for r in cli.runs() if r.info.status == "FINISHED"]

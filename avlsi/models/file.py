@@ -141,6 +141,15 @@ def import_user_modules(modules) -> None:
         _user_objects.update(found)
 
 
+def _known(name: str, version: int | None) -> bool:
+    """Whether a class the config names (`package>Class` or `Class`) can be found now."""
+    from avlsi.kerasapi import keras_module
+
+    short = name.split(">")[-1]
+    registered = keras_module(version).saving.get_registered_object(name)
+    return registered is not None or name in _user_objects or short in _user_objects
+
+
 def _custom_classes(path: Path) -> list[str]:
     """Best effort: the layer classes a .keras / .h5 file's config names from outside Keras."""
     try:
@@ -185,10 +194,12 @@ def load(input_shape: tuple[int, ...], num_classes: int, cfg):
     except Exception as err:  # noqa: BLE001  (any loader failure is the file's problem)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         which = "Keras 3" if version == 3 else "tf-keras"
-        custom = _custom_classes(path)
-        if custom and not cfg.get("imports"):
+        imports = [str(m) for m in cfg.get("imports") or []]
+        custom = [name for name in _custom_classes(path) if not _known(name, version)]
+        if custom:
+            tried = f" (model.imports=[{','.join(imports)}] did not define them)" if imports else ""
             raise UserError(
-                f"{_setting(path)} uses custom layers ({', '.join(custom)}): pass "
+                f"{_setting(path)} uses custom layers ({', '.join(custom)}){tried}: pass "
                 f"model.imports=[MODULE] naming the module that defines them ({which} said: "
                 f"{first})"
             ) from err
