@@ -175,13 +175,19 @@ def equivalence_error(model, pruned, removed: dict[str, list[int]], samples=4, s
     """Max over outputs of max |pruned - masked| / max |masked| on random normal inputs,
     compared before a final softmax (see `logits`); inf when the output shapes differ."""
     masked = masked_copy(model, removed)
+    return output_difference(masked, pruned, samples, seed)
+
+
+def output_difference(model, other, samples: int = 4, seed: int = 0) -> float:
+    """Max over outputs of max |other - model| / max |model| on random normal inputs,
+    compared before a final softmax (see `logits`); inf when the output shapes differ."""
     rng = np.random.default_rng(seed)
     inputs = [
         rng.standard_normal((samples, *(d or 32 for d in t.shape[1:]))).astype("float32")
         for t in model.inputs
     ]
     feed = inputs[0] if len(inputs) == 1 else inputs
-    want, got = logits(masked, feed), logits(pruned, feed)
+    want, got = logits(model, feed), logits(other, feed)
     if [w.shape for w in want] != [g.shape for g in got]:
         return math.inf
     worst = 0.0

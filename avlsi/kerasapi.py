@@ -8,6 +8,7 @@ given model asks this module for the right one instead of using `tf.keras`.
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 
 import avlsi  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -40,3 +41,25 @@ def keras_module(version: int) -> ModuleType:
 def keras_of(obj) -> ModuleType:
     """The Keras package `obj` belongs to."""
     return keras_module(keras_version(obj))
+
+
+def loaded_kerases() -> list[ModuleType]:
+    """The Keras packages this process has imported (tf_keras, keras), without importing."""
+    return [sys.modules[name] for name in KERAS_PACKAGES.values() if name in sys.modules]
+
+
+def custom_objects(model) -> dict[str, type]:
+    """The model's layer classes from outside Keras' own layers, by class and registered
+    name, so that they are found when the config is read back (e.g. ConvNeXt's LayerScale).
+    Keras' own classes are left to Keras (Keras 3's op `Add` is not the layer `Add`)."""
+    keras = keras_of(model)
+    builtin = ("keras.src.layers.", "keras.src.models.", "tf_keras.src.layers.",
+               "tf_keras.src.engine.")  # fmt: skip
+    found: dict[str, type] = {}
+    for layer in model._flatten_layers(include_self=False):
+        cls = type(layer)
+        if cls.__module__.startswith(builtin):
+            continue
+        found[cls.__name__] = cls
+        found[keras.saving.get_registered_name(cls)] = cls
+    return found

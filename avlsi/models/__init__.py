@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from avlsi.errors import UserError, clip
-from avlsi.kerasapi import is_keras3, keras_version
+from avlsi.kerasapi import is_keras3, keras_version, loaded_kerases
 from avlsi.models.outputs import activation_layer, ends_in_softmax, output_layers
 
 __all__ = [
@@ -240,8 +239,7 @@ def is_graph_model(model) -> bool:
 
 def check_classifier(model, input_shape: tuple[int, ...], num_classes: int, what: str):
     """A UserError unless `model` is a built single-output classifier for this data."""
-    loaded = [sys.modules[name].Model for name in ("tf_keras", "keras") if name in sys.modules]
-    if not any(isinstance(model, cls) for cls in loaded):  # a model's Keras is loaded
+    if not any(isinstance(model, keras.Model) for keras in loaded_kerases()):
         raise UserError(
             f"{what} returned {type(model).__name__}, not a Keras Model (tf-keras or Keras 3)"
         )

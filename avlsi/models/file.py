@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
 import zipfile
 from pathlib import Path
 
@@ -115,9 +114,9 @@ _user_objects: dict[str, type] = {}
 
 
 def _is_layer_class(value) -> bool:
-    bases = [
-        sys.modules[name].layers.Layer for name in ("tf_keras", "keras") if name in sys.modules
-    ]
+    from avlsi.kerasapi import loaded_kerases
+
+    bases = [keras.layers.Layer for keras in loaded_kerases()]
     return isinstance(value, type) and any(issubclass(value, base) for base in bases)
 
 

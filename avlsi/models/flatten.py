@@ -19,10 +19,8 @@ import copy
 import logging
 from typing import Any
 
-import numpy as np
-
 from avlsi.errors import UserError
-from avlsi.kerasapi import is_keras3, keras_of
+from avlsi.kerasapi import custom_objects, is_keras3, keras_of
 
 log = logging.getLogger(__name__)
 
@@ -208,14 +206,6 @@ def _same_weights(model, flat) -> None:
             layer.set_weights(original[layer.name].get_weights())
 
 
-def _largest_difference(model, flat) -> float:
-    rng = np.random.default_rng(0)
-    shape = (4, *tuple(model.inputs[0].shape[1:]))
-    x = rng.random(shape, dtype=np.float32)
-    a, b = np.asarray(model(x, training=False)), np.asarray(flat(x, training=False))
-    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(a)))))
-
-
 def has_nested_model(model) -> bool:
     keras = keras_of(model)
     return any(isinstance(layer, keras.Model) for layer in model.layers)
@@ -247,8 +237,6 @@ def flatten_nested(model, what: str = "the model") -> Any:
 
 def _flattened(model) -> tuple[Any, int]:
     """(the flat model or None when nothing nested is called once, how many were flattened)."""
-    from avlsi.surgery.native import _custom_objects
-
     keras3, keras = is_keras3(model), keras_of(model)
     sequential = isinstance(model, keras.Sequential)
     config, nested = _flat_config(copy.deepcopy(model.get_config()), keras3, sequential)
@@ -256,10 +244,12 @@ def _flattened(model) -> tuple[Any, int]:
         return None, 0
     for entry in config["layers"]:
         entry.pop("build_config", None)
-    with keras.utils.custom_object_scope(_custom_objects(model)):
+    with keras.utils.custom_object_scope(custom_objects(model)):
         flat = keras.Model.from_config(config)
     _same_weights(model, flat)
-    difference = _largest_difference(model, flat)
+    from avlsi.graph import output_difference
+
+    difference = output_difference(model, flat)
     if not difference <= 1e-5:
         raise UserError(f"flattening changed the outputs by {difference:.2g} (please report it)")
     return flat, nested

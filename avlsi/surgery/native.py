@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avlsi.graph import CONV, SEPARABLE, TRANSPOSE, Group, pruning_groups
-from avlsi.kerasapi import keras_of
+from avlsi.kerasapi import custom_objects, keras_of
 from avlsi.surgery import SurgeryError
 
 log = logging.getLogger(__name__)
@@ -200,27 +200,10 @@ def _pruned_weights(layer, cut: _Cut) -> list[np.ndarray]:
     return weights
 
 
-def _custom_objects(model) -> dict[str, type]:
-    """The model's layer classes from outside Keras' own layers, by class and registered
-    name, so that they are found when the config is read back (e.g. ConvNeXt's LayerScale).
-    Keras' own classes are left to Keras (Keras 3's op `Add` is not the layer `Add`)."""
-    keras = keras_of(model)
-    builtin = ("keras.src.layers.", "keras.src.models.", "tf_keras.src.layers.",
-               "tf_keras.src.engine.")  # fmt: skip
-    found: dict[str, type] = {}
-    for layer in model._flatten_layers(include_self=False):
-        cls = type(layer)
-        if cls.__module__.startswith(builtin):
-            continue
-        found[cls.__name__] = cls
-        found[keras.saving.get_registered_name(cls)] = cls
-    return found
-
-
 def _rebuild(model, config: dict):
     keras = keras_of(model)
     try:
-        with keras.utils.custom_object_scope(_custom_objects(model)):
+        with keras.utils.custom_object_scope(custom_objects(model)):
             return type(model).from_config(config)
     except SurgeryError:
         raise
